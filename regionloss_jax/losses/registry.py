@@ -1,0 +1,153 @@
+"""``make_loss``: losses by name and options, for configs and the training program.
+
+A name is a single loss (``ce``, ``focal``, ``dice``, ``tversky``, ``generalized_dice``) or a
+compound ``a+b`` with ``a`` in ``ce``/``focal`` and ``b`` in the Dice family or the region
+terms ``l1``/``kl``/``db``, meaning ``a + weight * b``. Options are keyword arguments in the
+vocabulary of the reference definitions; each goes to the term(s) that take it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from regionloss_jax.losses import fused, inputs
+from regionloss_jax.losses.cross_entropy import cross_entropy
+from regionloss_jax.losses.dice import (EMPTY_POLICIES, WEIGHTINGS, dice_loss,
+                                        generalized_dice_loss, tversky_loss)
+from regionloss_jax.losses.focal import focal_loss
+from regionloss_jax.losses.region import region_db_loss, region_kl_loss, region_l1_loss
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class _Term(NamedTuple):
+  fn: Callable[..., jax.Array]
+  options: tuple[str, ...]
+
+
+_OVERLAP = ("batch", "include_background", "smooth_nr", "smooth_dr")
+_TERMS = {
+    "ce": _Term(cross_entropy, ("class_weights", "label_smoothing")),
+    "focal": _Term(focal_loss, ("gamma", "alpha")),
+    "dice": _Term(dice_loss, _OVERLAP + ("squared", "jaccard", "log", "empty", "class_weights")),
+    "tversky": _Term(tversky_loss, _OVERLAP + ("alpha", "beta", "exponent", "empty",
+                                               "class_weights")),
+    "generalized_dice": _Term(generalized_dice_loss, _OVERLAP + ("weighting",)),
+    "l1": _Term(region_l1_loss, ("temperature",)),
+    "kl": _Term(region_kl_loss, ("temperature",)),
+    "db": _Term(region_db_loss, ("temperature",)),
+}
+_COMMON_OPTIONS = ("mode", "ignore_index")
+SINGLE_NAMES = ("ce", "focal", "dice", "tversky", "generalized_dice")
+FIRST_TERMS = ("ce", "focal")
+SECOND_TERMS = ("dice", "tversky", "generalized_dice", "l1", "kl", "db")
+
+
+def loss_names() -> list[str]:
+  """Every name :func:`make_loss` accepts."""
+  return list(SINGLE_NAMES) + [f"{a}+{b}" for a in FIRST_TERMS for b in SECOND_TERMS]
+
+
+def _parse_name(name: str) -> tuple[str, ...]:
+  parts = tuple(name.split("+"))
+  valid = (len(parts) == 1 and parts[0] in SINGLE_NAMES) or (
+      len(parts) == 2 and parts[0] in FIRST_TERMS and parts[1] in SECOND_TERMS)
+  if not valid:
+    raise ValueError(f"Unknown loss name {name!r}; valid names: {', '.join(loss_names())}.")
+  return parts
+
+
+def valid_options(name: str) -> list[str]:
+  """The options :func:`make_loss` accepts for ``name``."""
+  parts = _parse_name(name)
+  options = list(_COMMON_OPTIONS) + (["weight"] if len(parts) == 2 else [])
+  for part in parts:
+    options += [o for o in _TERMS[part].options if o not in options]
+  return options
+
+
+def _term_key(part: str, options: dict) -> str:
+  """The name a term's value is logged under."""
+  if part == "dice":
+    return ("log" if options.get("log") else "") + ("jaccard" if options.get("jaccard")
+                                                    else "dice")
+  return part
+
+
+def _check_values(options: dict) -> None:
+  inputs.check_mode(options.get("mode", "multiclass"))
+  for option, choices in (("empty", EMPTY_POLICIES), ("weighting", WEIGHTINGS)):
+    if option in options and options[option] not in choices:
+      raise ValueError(f"Unknown {option} {options[option]!r}; valid: "
+                       f"{', '.join(map(repr, choices))}.")
+  ignore_index = options.get("ignore_index")
+  if ignore_index is not None and not isinstance(ignore_index, int):
+    raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}.")
+
+
+def make_loss(name: str, **options) -> LossFn:
+  """Builds a segmentation loss from its name and options.
+
+  Args:
+    name: one of :func:`loss_names`, e.g. ``"ce"``, ``"dice"``, ``"ce+kl"``.
+    **options: ``mode`` (``multiclass`` | ``binary`` | ``multilabel``), ``ignore_index``,
+      ``weight`` (compounds: the second term's factor; a Python float or a traced scalar),
+      and the options of the terms (see :func:`valid_options`). In a compound, ``mode`` and
+      ``ignore_index`` go to both terms; ``class_weights`` goes to both when both take it.
+
+  Returns:
+    ``fn(logits, labels, *, where=None, weight=None) -> (loss, terms)``: ``loss`` a float32
+    scalar, ``terms`` a dict of the named float32 scalar terms (e.g. ``{"ce": .., "kl": ..}``).
+    ``weight`` given at call time overrides the configured one, so a schedule evaluated at
+    the step (a traced array) never recompiles.
+
+  Raises:
+    ValueError: an unknown name, option or option value, listing the valid ones.
+  """
+  parts = _parse_name(name)
+  allowed = valid_options(name)
+  unknown = sorted(set(options) - set(allowed))
+  if unknown:
+    raise ValueError(f"Unknown option(s) {unknown} for loss {name!r}; valid options: "
+                     f"{', '.join(allowed)}.")
+  ambiguous = [o for o in options if len(parts) == 2 and o not in _COMMON_OPTIONS
+               and o != "class_weights"
+               and all(o in _TERMS[p].options for p in parts)]
+  if ambiguous:
+    raise ValueError(f"Option(s) {ambiguous} are taken by both {parts[0]!r} and {parts[1]!r} "
+                     f"with different meanings in loss {name!r}; build the terms separately.")
+  _check_values(options)
+  default_weight = options.pop("weight", 1.0)
+  common = {k: v for k, v in options.items() if k in _COMMON_OPTIONS}
+  term_options = [
+      {**common, **{k: v for k, v in options.items() if k in _TERMS[p].options}}
+      for p in parts]
+  keys = [_term_key(p, o) for p, o in zip(parts, term_options)]
+
+  if len(parts) == 1:
+    term = _TERMS[parts[0]]
+
+    def single_loss(logits, labels, *, where=None, weight=None):
+      del weight  # single losses have no second term to weigh
+      value = term.fn(logits, labels, where=where, **term_options[0])
+      return value, {keys[0]: value}
+
+    return single_loss
+
+  fused_fn = fused.select(parts, term_options)
+  first, second = (_TERMS[p] for p in parts)
+
+  def compound_loss(logits, labels, *, where=None, weight=None):
+    weight = default_weight if weight is None else weight
+    if fused_fn is not None:
+      first_value, second_value = fused_fn(logits, labels, where=where)
+    else:
+      first_value = first.fn(logits, labels, where=where, **term_options[0])
+      second_value = second.fn(logits, labels, where=where, **term_options[1])
+    loss = first_value + jnp.asarray(weight, jnp.float32) * second_value
+    return loss, {keys[0]: first_value, keys[1]: second_value}
+
+  return compound_loss
