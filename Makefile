@@ -19,7 +19,7 @@ demo: install
 	$(PY) -m regionloss_jax.demo
 
 test: install
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 
 bench: install
 	$(PY) benchmarks/losses.py

@@ -1,4 +1,4 @@
-"""Cross-entropy plus a region-size term in one pass, with a hand-written VJP.
+r"""Cross-entropy plus a region-size term in one pass, with a hand-written VJP.
 
 The straightforward ``jax.grad`` of ``ce + weight * region`` keeps the softmax, the
 tempered softmax and the one-hot targets of every pixel alive between the forward and the
