@@ -1,0 +1,66 @@
+"""Datasets and the grain input pipeline, with no TensorFlow anywhere.
+
+``load(name, split=...)`` returns a :class:`SegmentationData` (a random-access TFDS data
+source plus class names and label lookup); ``make_pipeline(data, global_batch_size=...)``
+turns it into batches ``{"image": float32 (B, *spatial, C), "label": int32 (B, *spatial)}``
+with 255 for ignored pixels.
+
+Datasets: ``imbalanced_shapes/binary`` and ``imbalanced_shapes/multiclass`` (procedural,
+embedded), ``folder`` (the user's images and masks), ``volumes`` (the user's 3-D volumes)
+and ``oxford_iiit_pet`` (downloaded by TFDS).
+"""
+
+from regionloss_jax.data.augment import Augment
+from regionloss_jax.data.cache import cache_dir
+from regionloss_jax.data.folder import SegmentationFolder, load_folder
+from regionloss_jax.data.imbalanced_shapes import (ImbalancedShapes, ImbalancedShapesConfig,
+                                                   load_imbalanced_shapes, shapes_config)
+from regionloss_jax.data.oxford_pet import load_oxford_pet
+from regionloss_jax.data.pipeline import make_pipeline, restore_state, save_state
+from regionloss_jax.data.source import IGNORE_INDEX, DataError, SegmentationData
+from regionloss_jax.data.volumes import SegmentationVolumes, load_volumes
+
+DATASETS = ("imbalanced_shapes/binary", "imbalanced_shapes/multiclass", "folder", "volumes",
+            "oxford_iiit_pet")
+
+
+def load(name: str, *, split: str = "train", **options) -> SegmentationData:
+  """Open ``split`` of dataset ``name`` (one of ``DATASETS``), preparing it if needed.
+
+  ``options`` go to the dataset's loader: :func:`load_imbalanced_shapes`,
+  :func:`load_folder` (``root``, ``num_classes``, ...), :func:`load_volumes` or
+  :func:`load_oxford_pet`.
+  """
+  if name.startswith("imbalanced_shapes"):
+    task = name.partition("/")[2] or "binary"
+    return load_imbalanced_shapes(task, split=split, **options)
+  if name == "folder":
+    return load_folder(split=split, **options)
+  if name == "volumes":
+    return load_volumes(split=split, **options)
+  if name == "oxford_iiit_pet":
+    return load_oxford_pet(split=split, **options)
+  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+
+__all__ = [
+    "Augment",
+    "DATASETS",
+    "DataError",
+    "IGNORE_INDEX",
+    "ImbalancedShapes",
+    "ImbalancedShapesConfig",
+    "SegmentationData",
+    "SegmentationFolder",
+    "SegmentationVolumes",
+    "cache_dir",
+    "load",
+    "load_folder",
+    "load_imbalanced_shapes",
+    "load_oxford_pet",
+    "load_volumes",
+    "make_pipeline",
+    "restore_state",
+    "save_state",
+    "shapes_config",
+]

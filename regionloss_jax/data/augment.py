@@ -1,0 +1,129 @@
+"""Per-example augmentation in NumPy: one random affine map shared by image and mask.
+
+Flips, random resized crop and a small rotation are composed into a single affine map from
+output to input coordinates, so the image is resampled once (bilinear) and the mask once
+(nearest, so class ids stay class ids). Pixels mapped from outside the input become
+``IGNORE_INDEX`` in the mask. Brightness/contrast jitter touches the image only. The same
+code serves 2-D ``(H, W, C)`` and 3-D ``(D, H, W, C)`` examples; rotation is in the (H, W)
+plane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from regionloss_jax.data.source import IGNORE_INDEX
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Augment:
+  """Random augmentation settings; ``Augment.none()`` only resizes.
+
+  Attributes:
+    flip_axes: spatial axes flipped with probability 1/2 each (``-1`` is width).
+    scale: range of the crop area as a fraction of the input (random resized crop).
+    aspect_ratio: range of the crop's width/height ratio, sampled log-uniformly.
+    max_rotation_deg: rotation angle drawn uniformly in ``[-max, max]``, in the (H, W) plane.
+    brightness: additive shift drawn in ``[-b, b]`` on images scaled to ``[0, 1]``.
+    contrast: factor drawn in ``[1 - c, 1 + c]`` around each image's mean.
+  """
+
+  flip_axes: tuple[int, ...] = (-1,)
+  scale: tuple[float, float] = (0.6, 1.0)
+  aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  max_rotation_deg: float = 15.0
+  brightness: float = 0.1
+  contrast: float = 0.1
+
+  @classmethod
+  def none(cls) -> Augment:
+    return cls(flip_axes=(), scale=(1.0, 1.0), aspect_ratio=(1.0, 1.0),
+               max_rotation_deg=0.0, brightness=0.0, contrast=0.0)
+
+
+def sample_affine(rng: np.random.Generator, in_shape, out_shape, augment: Augment):
+  """A random map from output to input spatial coordinates: ``in = matrix @ out + offset``.
+
+  Args:
+    rng: the example's random generator.
+    in_shape: input spatial shape ``(H, W)`` or ``(D, H, W)``.
+    out_shape: output spatial shape, same length.
+    augment: the settings.
+
+  Returns:
+    ``(matrix, offset)``, float64 ``(n, n)`` and ``(n,)``; pixel centres map to pixel
+    centres, so with ``Augment.none()`` this is a plain resize.
+  """
+  n = len(in_shape)
+  in_shape = np.asarray(in_shape, np.float64)
+  out_shape = np.asarray(out_shape, np.float64)
+  # Crop box (in input pixels): the area fraction spreads over the (H, W) plane with the
+  # aspect ratio; leading (depth) axes are cropped by the same linear factor.
+  area = rng.uniform(*augment.scale)
+  log_lo, log_hi = np.log(augment.aspect_ratio)
+  aspect = math.exp(rng.uniform(log_lo, log_hi))
+  linear = math.sqrt(area)
+  factors = np.full(n, linear)
+  factors[-2] = min(linear / math.sqrt(aspect), 1.0)
+  factors[-1] = min(linear * math.sqrt(aspect), 1.0)
+  crop = in_shape * factors
+  start = rng.uniform(0.0, 1.0, n) * (in_shape - crop)
+  in_centre = start + crop / 2 - 0.5
+  out_centre = (out_shape - 1) / 2
+
+  signs = np.ones(n)
+  for axis in augment.flip_axes:
+    if rng.random() < 0.5:
+      signs[axis] = -1.0
+  angle = math.radians(rng.uniform(-augment.max_rotation_deg, augment.max_rotation_deg))
+  rotation = np.eye(n)
+  c, s = math.cos(angle), math.sin(angle)
+  rotation[-2:, -2:] = [[c, -s], [s, c]]
+
+  matrix = rotation @ np.diag(crop / out_shape * signs)
+  offset = in_centre - matrix @ out_centre
+  return matrix, offset
+
+
+def warp(image: np.ndarray, mask: np.ndarray, matrix, offset, out_shape):
+  """Resample ``image (*spatial, C)`` bilinearly and ``mask (*spatial)`` by nearest neighbour.
+
+  Returns float32 ``(*out_shape, C)`` and uint8 ``(*out_shape)``; mask pixels that come
+  from outside the input are ``IGNORE_INDEX``.
+  """
+  out_shape = tuple(int(s) for s in out_shape)
+  if image.shape[:-1] == out_shape and np.allclose(matrix, np.eye(len(out_shape))) and (
+      np.allclose(offset, 0.0)):
+    return image.astype(np.float32), mask
+  # One call per channel: cheaper than a (n+1)-D transform with an identity channel axis.
+  image = image.astype(np.float32, copy=False)
+  warped = np.stack([
+      ndimage.affine_transform(image[..., c], matrix, offset=offset, output_shape=out_shape,
+                               order=1, mode="nearest", prefilter=False)
+      for c in range(image.shape[-1])], axis=-1)
+  warped_mask = ndimage.affine_transform(
+      mask, matrix, offset=offset, output_shape=out_shape, order=0, mode="nearest",
+      prefilter=False)
+  # A pixel is outside when its centre maps beyond the input's outer pixel edges (not its
+  # outer pixel centres, or upsampling would ignore a half-pixel border).
+  grid = np.indices(out_shape, dtype=np.float64).reshape(len(out_shape), -1)
+  source = matrix @ grid + np.asarray(offset, np.float64)[:, None]
+  limits = np.asarray(mask.shape, np.float64)[:, None] - 0.5
+  inside = np.all((source >= -0.5) & (source <= limits), axis=0).reshape(out_shape)
+  warped_mask[~inside] = IGNORE_INDEX
+  return warped, warped_mask
+
+
+def jitter(image: np.ndarray, rng: np.random.Generator, augment: Augment) -> np.ndarray:
+  """Random brightness and contrast on a float image scaled to ``[0, 1]`` (not clipped)."""
+  if augment.contrast:
+    factor = rng.uniform(1 - augment.contrast, 1 + augment.contrast)
+    mean = image.mean()
+    image = (image - mean) * factor + mean
+  if augment.brightness:
+    image = image + rng.uniform(-augment.brightness, augment.brightness)
+  return image.astype(np.float32, copy=False)

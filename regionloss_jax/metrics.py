@@ -1,0 +1,447 @@
+"""Evaluation metrics on hard segmentations, per image and per class (numpy / scipy, not jit).
+
+Inputs are integer masks ``pred`` and ``labels`` of shape ``(B, *spatial)`` (2-D or 3-D;
+numpy or jax arrays) with values in ``[0, num_classes)``; ``labels`` may also hold
+``ignore_index``, and those pixels count nowhere: not in the counts, not in the surfaces, not
+in the proportions. Every per-image function returns a float64 or int64 array ``(B, C)``.
+
+No metric returns NaN or inf; empty masks follow these conventions (``P`` = predicted pixels
+of class k, ``G`` = ground-truth pixels of class k, both within the valid pixels):
+
+=================  ================================================================
+Dice, IoU          1 when ``P`` and ``G`` are both empty (nothing to find, nothing found)
+precision          ``|P| = 0``: 1 if ``G`` is also empty, else 0
+recall             ``|G| = 0``: 1 if ``P`` is also empty, else 0
+HD95               0 when both are empty; the image diagonal (the largest possible
+                   distance) when exactly one is empty
+proportions        0 for an image whose pixels are all ignored
+=================  ================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+PER_IMAGE_METRICS = ("dice", "iou", "precision", "recall", "hd95")
+
+
+def _as_int_masks(pred, labels, *, num_classes: int, ignore_index: int | None):
+    """Validates and converts the inputs; returns ``(pred, labels, valid)`` numpy arrays."""
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    pred = np.asarray(pred)
+    labels = np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(
+            f"pred and labels must have the same shape (B, *spatial); got pred {pred.shape} "
+            f"and labels {labels.shape}."
+        )
+    if pred.ndim not in (3, 4):
+        raise ValueError(
+            f"expected integer masks of shape (B, H, W) or (B, D, H, W), got shape {pred.shape}."
+        )
+    for name, array in (("pred", pred), ("labels", labels)):
+        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+            raise ValueError(
+                f"{name} must be an integer mask (take the argmax of logits first), "
+                f"got dtype {array.dtype} with shape {array.shape}."
+            )
+    pred = pred.astype(np.int64)
+    labels = labels.astype(np.int64)
+    valid = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    for name, array in (("pred", pred[valid]), ("labels", labels[valid])):
+        if array.size and (array.min() < 0 or array.max() >= num_classes):
+            bad = array[(array < 0) | (array >= num_classes)][0]
+            raise ValueError(
+                f"{name} holds value {bad} outside [0, num_classes={num_classes})"
+                + ("" if ignore_index is None else f" and != ignore_index={ignore_index}")
+                + "."
+            )
+    return pred, labels, valid
+
+
+def _confusion_matrices(pred, labels, valid, num_classes: int) -> np.ndarray:
+    """``(B, C, C)`` counts, ``[b, true, predicted]``, over valid pixels."""
+    batch = labels.shape[0]
+    image = np.broadcast_to(np.arange(batch).reshape(-1, *([1] * (labels.ndim - 1))), labels.shape)
+    # One bincount over a flat (image, true, predicted) index for the whole batch.
+    flat = (image * num_classes + labels) * num_classes + pred
+    counts = np.bincount(flat[valid], minlength=batch * num_classes * num_classes)
+    return counts.reshape(batch, num_classes, num_classes)
+
+
+def confusion(
+    pred, labels, *, num_classes: int, ignore_index: int | None = None
+) -> dict[str, np.ndarray]:
+    """True positives, false positives and false negatives per image and class.
+
+    ``tp[b, k] = |P_bk ∩ G_bk|``, ``fp[b, k] = |P_bk \\ G_bk|``, ``fn[b, k] = |G_bk \\ P_bk|``,
+    counted over pixels whose label is not ``ignore_index``.
+
+    Args:
+      pred: predicted class per pixel, integer ``(B, *spatial)``.
+      labels: true class per pixel, integer ``(B, *spatial)``; may hold ``ignore_index``.
+      num_classes: number of classes C.
+      ignore_index: label value of pixels to leave out.
+
+    Returns:
+      ``{"tp", "fp", "fn"}``, int64 arrays ``(B, C)``.
+    """
+    pred, labels, valid = _as_int_masks(
+        pred, labels, num_classes=num_classes, ignore_index=ignore_index
+    )
+    matrices = _confusion_matrices(pred, labels, valid, num_classes)
+    tp = np.diagonal(matrices, axis1=1, axis2=2).copy()
+    return {"tp": tp, "fp": matrices.sum(axis=1) - tp, "fn": matrices.sum(axis=2) - tp}
+
+
+def _ratio(numerator, denominator, empty_value) -> np.ndarray:
+    """``numerator / denominator``, with ``empty_value`` where the denominator is 0."""
+    numerator = np.asarray(numerator, np.float64)
+    denominator = np.asarray(denominator, np.float64)
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, numerator / safe, empty_value)
+
+
+def _dice_from_counts(tp, fp, fn) -> np.ndarray:
+    return _ratio(2 * tp, 2 * tp + fp + fn, 1.0)
+
+
+def _iou_from_counts(tp, fp, fn) -> np.ndarray:
+    return _ratio(tp, tp + fp + fn, 1.0)
+
+
+def _precision_from_counts(tp, fp, fn) -> np.ndarray:
+    # No predicted pixels: right if there was nothing to find, a miss otherwise.
+    return _ratio(tp, tp + fp, np.where(fn == 0, 1.0, 0.0))
+
+
+def _recall_from_counts(tp, fp, fn) -> np.ndarray:
+    # Nothing to find: right if nothing was predicted, a false alarm otherwise.
+    return _ratio(tp, tp + fn, np.where(fp == 0, 1.0, 0.0))
+
+
+def dice_score(pred, labels, *, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Dice score per image and class: ``2|P ∩ G| / (|P| + |G|) = 2tp / (2tp + fp + fn)``.
+
+    Both ``P`` and ``G`` empty gives 1.0 (a perfect score for correctly predicting absence).
+
+    Args:
+      pred: integer ``(B, *spatial)``.
+      labels: integer ``(B, *spatial)``, may hold ``ignore_index``.
+      num_classes: number of classes C.
+      ignore_index: label value of pixels to leave out.
+
+    Returns:
+      float64 ``(B, C)`` in ``[0, 1]``.
+    """
+    return _dice_from_counts(
+        **confusion(pred, labels, num_classes=num_classes, ignore_index=ignore_index)
+    )
+
+
+def iou(pred, labels, *, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Intersection over union (Jaccard) per image and class: ``tp / (tp + fp + fn)``.
+
+    Both ``P`` and ``G`` empty gives 1.0. Shapes as in :func:`dice_score`.
+    """
+    return _iou_from_counts(
+        **confusion(pred, labels, num_classes=num_classes, ignore_index=ignore_index)
+    )
+
+
+def precision(pred, labels, *, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Precision per image and class: ``tp / (tp + fp)``.
+
+    With no predicted pixels (``tp + fp = 0``): 1.0 if the ground truth is empty too, else 0.0.
+    Shapes as in :func:`dice_score`.
+    """
+    return _precision_from_counts(
+        **confusion(pred, labels, num_classes=num_classes, ignore_index=ignore_index)
+    )
+
+
+def recall(pred, labels, *, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Recall (sensitivity) per image and class: ``tp / (tp + fn)``.
+
+    With an empty ground truth (``tp + fn = 0``): 1.0 if the prediction is empty too, else 0.0.
+    Shapes as in :func:`dice_score`.
+    """
+    return _recall_from_counts(
+        **confusion(pred, labels, num_classes=num_classes, ignore_index=ignore_index)
+    )
+
+
+def _spacing_tuple(spacing, spatial_dims: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * spatial_dims
+    spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing, float), (spatial_dims,)))
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be positive and finite, got {spacing}.")
+    return spacing
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a face-neighbour outside it (the image border counts as outside)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def _hd95_single(pred_mask, true_mask, spacing, diagonal: float) -> float:
+    pred_any, true_any = pred_mask.any(), true_mask.any()
+    if not pred_any and not true_any:
+        return 0.0
+    if not pred_any or not true_any:
+        return diagonal
+    pred_surface, true_surface = _surface(pred_mask), _surface(true_mask)
+    # Distances between surface points never leave the surfaces' bounding box, so the
+    # distance transforms can run on that crop only.
+    coords = np.argwhere(pred_surface | true_surface)
+    box = tuple(slice(lo, hi + 1) for lo, hi in zip(coords.min(0), coords.max(0), strict=True))
+    pred_surface, true_surface = pred_surface[box], true_surface[box]
+    to_true = ndimage.distance_transform_edt(~true_surface, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    return float(
+        max(np.percentile(to_true[pred_surface], 95), np.percentile(to_pred[true_surface], 95))
+    )
+
+
+def hd95(
+    pred,
+    labels,
+    *,
+    num_classes: int,
+    ignore_index: int | None = None,
+    spacing: float | Sequence[float] | None = None,
+) -> np.ndarray:
+    """95th-percentile symmetric Hausdorff distance per image and class.
+
+    With ``∂P`` and ``∂G`` the surfaces (pixels of the mask with a face-connected neighbour
+    outside it or on the image border) and ``d(x, A) = min_{a in A} |x - a|`` in physical
+    units (``spacing`` per spatial axis)::
+
+        HD95 = max( q95{ d(x, ∂G) : x in ∂P },  q95{ d(y, ∂P) : y in ∂G } )
+
+    where ``q95`` is the 95th percentile with linear interpolation (``np.percentile``); the
+    max of the two directed percentiles is the usual (MONAI, medpy) convention. Ignored
+    pixels are removed from both masks. Empty masks: both empty gives 0; exactly one empty
+    gives the image diagonal ``sqrt(sum_i ((n_i - 1) * spacing_i)**2)``, the largest distance
+    between two pixels of the image, so the result is always finite.
+
+    Args:
+      pred: integer ``(B, *spatial)``, 2-D or 3-D.
+      labels: integer ``(B, *spatial)``, may hold ``ignore_index``.
+      num_classes: number of classes C.
+      ignore_index: label value of pixels to leave out.
+      spacing: pixel size, one number or one per spatial axis; default 1 (pixel units).
+
+    Returns:
+      float64 ``(B, C)``.
+    """
+    pred, labels, valid = _as_int_masks(
+        pred, labels, num_classes=num_classes, ignore_index=ignore_index
+    )
+    spatial = labels.shape[1:]
+    spacing = _spacing_tuple(spacing, len(spatial))
+    diagonal = float(
+        np.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(spatial, spacing, strict=True)))
+    )
+    result = np.zeros((labels.shape[0], num_classes))
+    for b in range(labels.shape[0]):
+        for k in range(num_classes):
+            result[b, k] = _hd95_single(
+                (pred[b] == k) & valid[b], (labels[b] == k) & valid[b], spacing, diagonal
+            )
+    return result
+
+
+def region_proportions(
+    pred,
+    labels,
+    *,
+    num_classes: int,
+    ignore_index: int | None = None,
+    probs=None,
+) -> dict[str, np.ndarray]:
+    """Ground-truth and predicted region proportions and their error, per image and class.
+
+    Over the N_b valid pixels of image b::
+
+        tau[b, k]     = |G_bk| / N_b                 ground-truth proportion
+        tauhat[b, k]  = |P_bk| / N_b                 hard predicted proportion
+        tauhat_soft   = sum_p probs[b, p, k] / N_b   soft predicted proportion (if probs)
+        error         = |tauhat - tau|,  bias = tauhat - tau
+
+    An image with no valid pixel gets proportions 0.
+
+    Args:
+      pred: integer ``(B, *spatial)``.
+      labels: integer ``(B, *spatial)``, may hold ``ignore_index``.
+      num_classes: number of classes C.
+      ignore_index: label value of pixels to leave out.
+      probs: optional class probabilities ``(B, *spatial, C)`` (e.g. ``softmax(logits)``).
+
+    Returns:
+      float64 ``(B, C)`` arrays ``gt_proportion``, ``pred_proportion``,
+      ``proportion_abs_error``, ``proportion_bias``, and with ``probs`` also
+      ``pred_proportion_soft``, ``proportion_abs_error_soft``, ``proportion_bias_soft``.
+    """
+    pred, labels, valid = _as_int_masks(
+        pred, labels, num_classes=num_classes, ignore_index=ignore_index
+    )
+    matrices = _confusion_matrices(pred, labels, valid, num_classes)
+    return _proportions(matrices, valid, probs, num_classes)
+
+
+def _proportions(matrices, valid, probs, num_classes) -> dict[str, np.ndarray]:
+    n_valid = valid.reshape(valid.shape[0], -1).sum(axis=1).astype(np.float64)[:, None]
+    gt = _ratio(matrices.sum(axis=2), n_valid, 0.0)
+    hard = _ratio(matrices.sum(axis=1), n_valid, 0.0)
+    out = {
+        "gt_proportion": gt,
+        "pred_proportion": hard,
+        "proportion_abs_error": np.abs(hard - gt),
+        "proportion_bias": hard - gt,
+    }
+    if probs is not None:
+        probs = np.asarray(probs, np.float64)
+        if probs.shape != (*valid.shape, num_classes):
+            raise ValueError(
+                f"probs must have shape (B, *spatial, num_classes) = "
+                f"{(*valid.shape, num_classes)}, got {probs.shape}."
+            )
+        summed = (probs * valid[..., None]).reshape(valid.shape[0], -1, num_classes).sum(axis=1)
+        soft = _ratio(summed, n_valid, 0.0)
+        out |= {
+            "pred_proportion_soft": soft,
+            "proportion_abs_error_soft": np.abs(soft - gt),
+            "proportion_bias_soft": soft - gt,
+        }
+    return out
+
+
+def evaluate_batch(
+    pred,
+    labels,
+    *,
+    num_classes: int,
+    ignore_index: int | None = None,
+    probs=None,
+    spacing: float | Sequence[float] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every metric of this module, per image and class, for one batch.
+
+    Args:
+      pred: predicted classes, integer ``(B, *spatial)`` (the argmax of the logits).
+      labels: true classes, integer ``(B, *spatial)``; may hold ``ignore_index``.
+      num_classes: number of classes C (2 for a binary task with masks in {0, 1}).
+      ignore_index: label value of pixels to leave out of every metric.
+      probs: optional probabilities ``(B, *spatial, C)`` for the soft predicted proportion.
+      spacing: pixel size for HD95 (one number or one per spatial axis).
+
+    Returns:
+      A dict of ``(B, C)`` arrays: ``tp``, ``fp``, ``fn`` (int64); ``dice``, ``iou``,
+      ``precision``, ``recall``, ``hd95`` and the proportions of :func:`region_proportions`
+      (float64). Empty-mask conventions are in the module docstring.
+    """
+    pred, labels, valid = _as_int_masks(
+        pred, labels, num_classes=num_classes, ignore_index=ignore_index
+    )
+    matrices = _confusion_matrices(pred, labels, valid, num_classes)
+    tp = np.diagonal(matrices, axis1=1, axis2=2).copy()
+    counts = {"tp": tp, "fp": matrices.sum(axis=1) - tp, "fn": matrices.sum(axis=2) - tp}
+    return {
+        **counts,
+        "dice": _dice_from_counts(**counts),
+        "iou": _iou_from_counts(**counts),
+        "precision": _precision_from_counts(**counts),
+        "recall": _recall_from_counts(**counts),
+        "hd95": hd95(
+            pred, labels, num_classes=num_classes, ignore_index=ignore_index, spacing=spacing
+        ),
+        **_proportions(matrices, valid, probs, num_classes),
+    }
+
+
+_SUMMARY_KEYS = {
+    "dice": "dice",
+    "iou": "iou",
+    "hd95": "hd95",
+    "precision": "precision",
+    "recall": "recall",
+    "proportion_mae": "proportion_abs_error",
+    "proportion_bias": "proportion_bias",
+}
+_SOFT_SUMMARY_KEYS = {
+    "proportion_mae_soft": "proportion_abs_error_soft",
+    "proportion_bias_soft": "proportion_bias_soft",
+}
+
+
+def summarize(
+    results: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    *,
+    class_names: Sequence[str] | None = None,
+    include_background: bool = False,
+) -> dict[str, Any]:
+    """Aggregates :func:`evaluate_batch` outputs over images and classes.
+
+    Each summary value is the mean over all images and over the summarised classes: the
+    foreground classes ``1..C-1`` by default (so class 1 alone for a binary task), or all
+    classes with ``include_background=True`` (and always when C = 1).
+    ``proportion_mae`` is the mean of ``|tauhat - tau|`` and ``proportion_bias`` the mean of
+    ``tauhat - tau`` (negative: the model under-segments).
+
+    Args:
+      results: one dict from :func:`evaluate_batch` or a sequence of them (same C).
+      class_names: optional name per class, used as ``per_class`` keys (default: the index).
+      include_background: also average class 0.
+
+    Returns:
+      ``{"dice", "iou", "hd95", "precision", "recall", "proportion_mae", "proportion_bias",
+      "num_images", "per_class": {name: {same metrics, means over images}}}``, Python floats;
+      ``proportion_mae_soft`` and ``proportion_bias_soft`` too when every batch had ``probs``.
+    """
+    if isinstance(results, Mapping):
+        results = [results]
+    if not results:
+        raise ValueError("summarize needs at least one evaluate_batch result, got none.")
+    keys = dict(_SUMMARY_KEYS)
+    if all(_SOFT_SUMMARY_KEYS["proportion_mae_soft"] in r for r in results):
+        keys |= _SOFT_SUMMARY_KEYS
+    stacked = {}
+    for summary_key, result_key in keys.items():
+        arrays = [np.asarray(r[result_key], np.float64) for r in results]
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) != 1 or arrays[0].ndim != 2:
+            raise ValueError(
+                f"every result must hold (B, C) arrays with the same C; got {result_key} "
+                f"shapes {[a.shape for a in arrays]}."
+            )
+        stacked[summary_key] = np.concatenate(arrays, axis=0)
+    num_images, num_classes = stacked["dice"].shape
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"class_names has {len(class_names)} entries for {num_classes} classes: "
+            f"{list(class_names)}."
+        )
+    names = list(class_names) if class_names is not None else list(range(num_classes))
+    averaged = slice(0 if include_background or num_classes == 1 else 1, None)
+
+    summary: dict[str, Any] = {
+        key: float(values[:, averaged].mean()) if num_images else 0.0
+        for key, values in stacked.items()
+    }
+    summary["num_images"] = int(num_images)
+    summary["per_class"] = {
+        name: {
+            key: float(values[:, k].mean()) if num_images else 0.0
+            for key, values in stacked.items()
+        }
+        for k, name in enumerate(names)
+    }
+    return summary

@@ -1,0 +1,19 @@
+"""Flax NNX segmentation models (2-D and 3-D U-Net) and deep-supervision helpers."""
+
+from regionloss_jax.models.unet import (
+    ConvBlock,
+    UNet,
+    Upsample,
+    deep_supervision_loss,
+    deep_supervision_weights,
+    stage_widths,
+)
+
+__all__ = [
+    "ConvBlock",
+    "UNet",
+    "Upsample",
+    "deep_supervision_loss",
+    "deep_supervision_weights",
+    "stage_widths",
+]
