@@ -23,6 +23,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/losses.py
+	$(PY) benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
