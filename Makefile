@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m regionloss_jax.demo
+	$(PY) -m train --config=train/configs/default.py --workdir=runs/demo
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests

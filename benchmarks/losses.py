@@ -6,7 +6,7 @@ floor (one read of the logits and one write of an array that size, measured here
 ratio to a straightforward ``jax.grad`` of the same definition (the term functions added,
 without the fused VJP); and XLA's temporary buffer size for the step (peak scratch memory).
 
-    python benchmarks/losses.py [--shape 8 256 512 19] [--repeats 10]
+    python benchmarks/losses.py [--shape 8 256 512 19] [--repeats 10] [--losses ce+kl ...]
 """
 
 import argparse
@@ -53,6 +53,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--shape", type=int, nargs=4, default=(8, 256, 512, 19))
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--losses", nargs="+", default=None,
+                      help="compound names to run (default: every a+b)")
   args = parser.parse_args()
   shape = tuple(args.shape)
   rng = np.random.default_rng(0)
@@ -72,6 +74,8 @@ def main():
   for second in registry.SECOND_TERMS:
     for first in registry.FIRST_TERMS:
       name = f"{first}+{second}"
+      if args.losses is not None and name not in args.losses:
+        continue
       options = {"ignore_index": 255, "weight": 0.1}
       if second in ("l1", "kl", "db"):
         options["temperature"] = 10.0

@@ -1,0 +1,83 @@
+"""Config errors name the field, the value and the valid choices, before any work."""
+
+import pytest
+
+from train import config_checks, optim
+from train.configs import base, binary, default, folder, oxford_pet, volumes3d
+
+
+@pytest.mark.parametrize("module", [default, binary, folder, oxford_pet, volumes3d])
+def test_shipped_configs_pass_the_checks(module):
+  config = module.get_config()
+  if config.data.name in ("folder", "volumes"):
+    config.data.dir, config.data.num_classes = "/data", 3
+  config_checks.check_config(config)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("loss.name", "ce+dicee", "ce+kl"),
+    ("data.name", "imagenet", "oxford_iiit_pet"),
+    ("optimizer.name", "lamb", "adamw"),
+    ("optimizer.schedule", "step", "cosine"),
+    ("precision", "float16", "bfloat16"),
+    ("loss.weight_schedule.kind", "exp", "linear"),
+    ("train.batch_size", 0, "positive integer"),
+    ("data.image_size", (60, 60), "divisible by 2**model.depth=8"),
+    ("model.spatial_dims", 3, "2-D data"),
+])
+def test_bad_values_are_named_with_their_choices(field, value, expected):
+  config = default.get_config()
+  section, _, name = field.rpartition(".")
+  target = config
+  for part in filter(None, section.split(".")):
+    target = target[part]
+  target[name] = value
+  with pytest.raises(ValueError) as error:
+    config_checks.check_config(config)
+  assert expected in str(error.value)
+
+
+def test_loss_option_that_the_loss_does_not_take():
+  config = default.get_config()
+  config.loss.gamma = 2.0  # focal's option on ce+kl
+  with pytest.raises(ValueError, match="gamma.*valid options"):
+    config_checks.check_config(config)
+
+
+def test_folder_needs_its_directory_and_class_count():
+  config = folder.get_config()
+  with pytest.raises(ValueError, match="config.data.dir is required"):
+    config_checks.check_config(config)
+  config.data.dir = "/data"
+  with pytest.raises(ValueError, match="config.data.num_classes is required"):
+    config_checks.check_config(config)
+
+
+def test_binary_mode_with_many_classes():
+  config = binary.get_config()
+  with pytest.raises(ValueError, match="'binary' needs a dataset with 2 classes"):
+    config_checks.check_num_classes(config, 5)
+
+
+def test_loss_options_leave_unset_fields_out():
+  config = default.get_config()
+  config.loss.temperature = 10.0
+  assert config_checks.loss_options(config) == {
+      "mode": "multiclass", "ignore_index": 255, "weight": 0.1, "temperature": 10.0}
+  config.loss.name = "ce"
+  assert "weight" not in config_checks.loss_options(config)
+
+
+def test_schedules_reach_their_targets():
+  config = base.get_config()
+  config.train.steps, config.optimizer.warmup_steps = 100, 10
+  learning_rate = optim.learning_rate_schedule(config)
+  assert float(learning_rate(0)) == 0.0
+  assert float(learning_rate(10)) == pytest.approx(config.optimizer.learning_rate)
+  assert float(learning_rate(100)) == pytest.approx(0.0, abs=1e-9)
+  config.loss.weight = 0.5
+  config.loss.weight_schedule.update(kind="step", start_weight=0.1, factor=2.0, step_size=10)
+  weight = optim.loss_weight_schedule(config)
+  assert [float(weight(s)) for s in (0, 10, 20, 30)] == pytest.approx([0.1, 0.2, 0.4, 0.5])
+  config.loss.weight_schedule.update(kind="linear", start_weight=0.0, ramp_steps=10)
+  assert float(optim.loss_weight_schedule(config)(5)) == pytest.approx(0.25)

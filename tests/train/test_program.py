@@ -1,0 +1,101 @@
+"""The training program end to end, as a user runs it (subprocesses, real files)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.train.conftest import REPO, run_program, tiny_flags
+
+
+SUMMARY_KEYS = {"dice", "iou", "hd95", "precision", "recall", "proportion_mae",
+                "proportion_bias", "per_class"}
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _without_timing(records):
+  return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+
+def test_few_step_run_writes_every_output(tmp_path, cache_dir):
+  workdir = tmp_path / "run"
+  result = run_program(workdir, cache_dir)
+  assert "test metrics" in result.stdout
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert SUMMARY_KEYS <= set(summary["test"])
+  assert set(summary["test"]["per_class"]) == {"background", "organ", "cyst", "vessel", "nodule"}
+  for path in summary["plots"].values():
+    assert os.path.getsize(path) > 1000
+  records = _records(workdir)
+  train = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train] == [2, 4, 6]
+  assert {"loss", "ce", "kl", "grad_norm", "learning_rate", "loss_weight"} <= set(train[0])
+  assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
+  assert [r["step"] for r in records if r["split"] == "test"] == [6]
+  assert "dice/organ" in records[-1]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  assert any(name.startswith("events") for name in os.listdir(workdir / "tensorboard"))
+
+  again = run_program(workdir, cache_dir)  # finished: reports, does not train again
+  assert "test metrics" in again.stdout
+  assert _records(workdir) == records
+
+  evaluated = subprocess.run([sys.executable, "-m", "train.evaluate", f"--workdir={workdir}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  predictions = workdir / "predictions" / "test"
+  assert len(list(predictions.glob("*.png"))) == 16
+  assert json.loads((predictions / "summary.json").read_text())["dice"] == pytest.approx(
+      summary["test"]["dice"])
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
+  overrides = {"train.steps": 120, "train.checkpoint_every": 10, "train.eval_every": 60,
+               "train.log_every": 10}
+  run_program(tmp_path / "straight", cache_dir, **overrides)
+
+  workdir = tmp_path / "killed"
+  command = [sys.executable, "-m", "train", f"--workdir={workdir}",
+             *tiny_flags(cache_dir, **overrides)]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "10").exists():
+    assert process.poll() is None and time.time() < deadline, "run ended before step 10"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (workdir / "summary.json").exists()
+
+  run_program(workdir, cache_dir, **overrides)
+  straight = json.loads((tmp_path / "straight" / "summary.json").read_text())["test"]
+  resumed = json.loads((workdir / "summary.json").read_text())["test"]
+  assert resumed == straight
+  assert _without_timing(_records(workdir)) == _without_timing(_records(tmp_path / "straight"))
+
+
+def test_bad_config_fails_before_work(tmp_path, cache_dir):
+  result = run_program(tmp_path / "bad", cache_dir, check=False, **{"loss.name": "ce+dicee"})
+  assert result.returncode != 0
+  assert "ce+dicee" in result.stderr and "ce+kl" in result.stderr
+  assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_workdir_with_another_config_is_refused(tmp_path, cache_dir):
+  workdir = tmp_path / "run"
+  run_program(workdir, cache_dir, **{"train.steps": 2, "train.eval_every": 2,
+                                     "train.checkpoint_every": 2})
+  result = run_program(workdir, cache_dir, check=False, **{"train.steps": 2,
+                                                           "train.eval_every": 2,
+                                                           "train.checkpoint_every": 2,
+                                                           "optimizer.learning_rate": 0.1})
+  assert result.returncode != 0
+  assert "optimizer.learning_rate" in result.stderr and "--overwrite" in result.stderr

@@ -1,0 +1,49 @@
+"""Orbax checkpoints of a run: ``workdir/checkpoints/<step>/``.
+
+Each checkpoint holds the training state (parameters, optimiser state, batch statistics,
+RNG state, step) and the data iterator's position, so that a resumed run sees exactly the
+batches and random numbers an uninterrupted one would. Kept: the latest
+``keep_checkpoints`` and the best by validation Dice. Orbax writes into a temporary
+directory and renames it when complete, so a half-written checkpoint is never read.
+"""
+
+from __future__ import annotations
+
+import os
+
+import orbax.checkpoint as ocp
+
+BEST_METRIC = "val_dice"
+
+
+def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=keep),
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+                                    keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
+         val_dice: float | None = None) -> None:
+  args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                            data=ocp.args.JsonSave(data_state))
+  metrics = None if val_dice is None else {BEST_METRIC: float(val_dice)}
+  mngr.save(step, args=args, metrics=metrics, force=True)
+  mngr.wait_until_finished()
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """``(state, data_state)`` of checkpoint ``step``, the state shaped like ``abstract_state``."""
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return restored["state"], restored["data"]
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The step with the highest validation Dice, or ``None`` if none was evaluated."""
+  return mngr.best_step()

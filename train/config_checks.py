@@ -1,0 +1,124 @@
+"""Checks a run config before any work, and derives what the program needs from it.
+
+Every error names the field, the value and the valid choices, so that a typo fails in the
+first second instead of after an hour of training.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from regionloss_jax import data as rl_data
+from regionloss_jax import losses
+from train.configs import base
+
+PRECISIONS = ("float32", "bfloat16")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "poly")
+WEIGHT_SCHEDULES = ("constant", "linear", "step")
+MODES = ("multiclass", "binary")
+DATASETS = ("imbalanced_shapes/multiclass", "imbalanced_shapes/binary", "folder", "volumes",
+            "oxford_iiit_pet")
+
+
+def _choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"config.{field}={value!r} is not valid; choose one of: "
+                     f"{', '.join(map(str, choices))}.")
+
+
+def _positive(field: str, value) -> None:
+  if not isinstance(value, int) or value < 1:
+    raise ValueError(f"config.{field} must be a positive integer, got {value!r}.")
+
+
+def loss_options(config: ml_collections.ConfigDict) -> dict:
+  """The ``make_loss`` keyword options the config sets (unset placeholders left out)."""
+  options = {"mode": config.loss.mode, "ignore_index": config.loss.ignore_index}
+  if "+" in config.loss.name:
+    options["weight"] = config.loss.weight
+  for option in base.LOSS_OPTION_TYPES:
+    value = config.loss[option]
+    if value is not None:
+      options[option] = tuple(value) if isinstance(value, (list, tuple)) else value
+  return options
+
+
+def data_options(config: ml_collections.ConfigDict) -> dict:
+  """Keyword options of ``regionloss_jax.data.load`` for ``config.data``."""
+  name, cfg = config.data.name, config.data
+  options = {}
+  if cfg.cache_dir:
+    options["cache_dir"] = cfg.cache_dir
+  if name.startswith("imbalanced_shapes"):
+    if cfg.image_size is not None:
+      sizes = set(cfg.image_size)
+      if len(cfg.image_size) != 2 or len(sizes) != 1:
+        raise ValueError(f"imbalanced_shapes images are square: config.data.image_size must be "
+                         f"(S, S), got {tuple(cfg.image_size)}.")
+      options["image_size"] = sizes.pop()
+    if cfg.split_sizes is not None:
+      options["split_sizes"] = tuple(cfg.split_sizes)
+  elif name in ("folder", "volumes"):
+    if not cfg.dir:
+      raise ValueError(f"config.data.dir is required for data.name={name!r}: the dataset root "
+                       "holding train/ (and optionally val/, test/).")
+    if cfg.num_classes is None:
+      raise ValueError(f"config.data.num_classes is required for data.name={name!r} "
+                       "(classes including background).")
+    options.update(root=cfg.dir, num_classes=cfg.num_classes)
+    if cfg.image_size is not None:
+      options["image_size" if name == "folder" else "shape"] = tuple(cfg.image_size)
+  elif name == "oxford_iiit_pet":
+    options["border"] = cfg.border
+    if cfg.image_size is not None:
+      options["image_size"] = tuple(cfg.image_size)
+  return options
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` for anything that cannot work, before data or compilation."""
+  _choice("data.name", config.data.name, DATASETS)
+  _choice("precision", config.precision, PRECISIONS)
+  _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
+  _choice("optimizer.schedule", config.optimizer.schedule, LR_SCHEDULES)
+  _choice("loss.weight_schedule.kind", config.loss.weight_schedule.kind, WEIGHT_SCHEDULES)
+  _choice("loss.mode", config.loss.mode, MODES)
+  _choice("model.spatial_dims", config.model.spatial_dims, (2, 3))
+  for field in ("steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every",
+                "log_every", "keep_checkpoints"):
+    _positive(f"train.{field}", config.train[field])
+  if config.optimizer.learning_rate <= 0:
+    raise ValueError(f"config.optimizer.learning_rate must be > 0, got "
+                     f"{config.optimizer.learning_rate}.")
+  if config.loss.name not in losses.loss_names():
+    raise ValueError(f"config.loss.name={config.loss.name!r} is not a loss; choose one of: "
+                     f"{', '.join(losses.loss_names())}.")
+  losses.make_loss(config.loss.name, **loss_options(config))  # unknown options fail here
+  volumetric = config.data.name == "volumes"
+  if volumetric != (config.model.spatial_dims == 3):
+    raise ValueError(f"config.model.spatial_dims={config.model.spatial_dims} does not fit "
+                     f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data).")
+  if config.data.image_size is not None:
+    side = 2 ** config.model.depth
+    if len(config.data.image_size) != config.model.spatial_dims:
+      raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} has "
+                       f"{len(config.data.image_size)} axes; the {config.model.spatial_dims}-D "
+                       "model needs one size per spatial axis.")
+    if any(s % side for s in config.data.image_size):
+      raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} must be "
+                       f"divisible by 2**model.depth={side}.")
+  data_options(config)
+
+
+def check_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> None:
+  """Mode and class count must agree: ``binary`` means exactly background + one class."""
+  if config.loss.mode == "binary" and num_classes != 2:
+    raise ValueError(f"config.loss.mode='binary' needs a dataset with 2 classes (background "
+                     f"and one foreground); {config.data.name!r} has {num_classes}. Use "
+                     "loss.mode='multiclass'.")
+
+
+def model_channels(config: ml_collections.ConfigDict, num_classes: int) -> int:
+  """Logit channels: one sigmoid channel in binary mode, one per class otherwise."""
+  return 1 if config.loss.mode == "binary" else num_classes

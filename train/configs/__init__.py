@@ -1,0 +1,1 @@
+"""Run configurations: each file's ``get_config()`` returns a complete ``ConfigDict``."""

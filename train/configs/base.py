@@ -1,0 +1,83 @@
+"""Every field of a run, with defaults. The other config files start from this one.
+
+Fields set to ``None`` are unset: the program chooses (dataset defaults, loss defaults).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# make_loss options a config may set as loss.<option>; None leaves the loss's own default.
+LOSS_OPTION_TYPES = {
+    "class_weights": tuple, "label_smoothing": float, "gamma": float, "alpha": float,
+    "beta": float, "exponent": float, "batch": bool, "include_background": bool,
+    "smooth_nr": float, "smooth_dr": float, "squared": bool, "jaccard": bool, "log": bool,
+    "empty": str, "weighting": str, "temperature": float,
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "imbalanced_shapes/multiclass"
+  config.data.dir = ""  # folder / volumes: the dataset root
+  config.data.num_classes = config_dict.placeholder(int)  # required for folder / volumes
+  config.data.image_size = (64, 64)  # (H, W) or (D, H, W); None keeps the dataset's size
+  config.data.cache_dir = ""  # default ~/.cache/regionloss_jax
+  config.data.split_sizes = config_dict.placeholder(tuple)  # imbalanced_shapes only
+  config.data.border = "class"  # oxford_iiit_pet: trimap border as a "class" or "ignore"
+  config.data.augment = True
+  config.data.num_threads = 2
+
+  config.model = ml_collections.ConfigDict()
+  config.model.spatial_dims = 2
+  config.model.depth = 3
+  config.model.features = 8
+  config.model.max_features = config_dict.placeholder(int)
+  config.model.norm = "instance"
+  config.model.activation = "leaky_relu"
+  config.model.dropout_rate = 0.0
+  config.model.upsample = "transpose"
+  config.model.deep_supervision = False
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "ce+kl"
+  config.loss.mode = "multiclass"
+  config.loss.ignore_index = 255
+  config.loss.weight = 0.1  # compounds: the second term's factor (the schedule's target)
+  for option, kind in LOSS_OPTION_TYPES.items():
+    config.loss[option] = config_dict.placeholder(kind)
+  # How the weight reaches loss.weight: "constant"; "linear" from start_weight over
+  # ramp_steps; "step" (the paper's): start_weight times factor every step_size steps,
+  # capped at loss.weight.
+  config.loss.weight_schedule = ml_collections.ConfigDict()
+  config.loss.weight_schedule.kind = "constant"
+  config.loss.weight_schedule.start_weight = 0.0
+  config.loss.weight_schedule.ramp_steps = 1000
+  config.loss.weight_schedule.factor = 2.0
+  config.loss.weight_schedule.step_size = 100
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.schedule = "cosine"  # constant | cosine | poly
+  config.optimizer.warmup_steps = 50
+  config.optimizer.end_learning_rate = 0.0  # cosine and poly end here
+  config.optimizer.poly_power = 0.9
+  config.optimizer.momentum = 0.9  # sgd
+  config.optimizer.weight_decay = 1e-4  # adamw
+  config.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 800
+  config.train.batch_size = 16
+  config.train.eval_batch_size = 32
+  config.train.eval_every = 200
+  config.train.checkpoint_every = 200
+  config.train.keep_checkpoints = 2  # latest ones, plus the best by validation Dice
+  config.train.log_every = 25
+  config.train.seed = 0
+  config.train.num_overlays = 6
+
+  config.precision = "float32"  # float32 | bfloat16
+  return config

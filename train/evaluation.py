@@ -1,0 +1,70 @@
+"""Evaluation of a model state on a whole split: loss, per-image metrics and a summary."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from regionloss_jax import losses, metrics
+from regionloss_jax import data as rl_data
+from train import config_checks
+
+
+def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable:
+  """``eval_step(params, rest, batch, weight) -> (classes, probs, loss, terms)`` (jitted).
+
+  ``classes`` int32 ``(B, *S)``; ``probs`` float32 ``(B, *S, C)`` with ``C`` the classes
+  (2 in binary mode: the sigmoid's ``1 - p`` is the background).
+  """
+  loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
+  binary = config.loss.mode == "binary"
+
+  @jax.jit
+  def eval_step(params, rest, batch, weight):
+    logits = nnx.merge(eval_graphdef, params, rest)(batch["image"])
+    loss, terms = loss_fn(logits, batch["label"], weight=weight)
+    if binary:
+      foreground = jax.nn.sigmoid(logits)
+      probs = jnp.concatenate([1.0 - foreground, foreground], axis=-1)
+    else:
+      probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs, loss, terms
+
+  return eval_step
+
+
+def evaluate(eval_step: Callable, params, rest, batches, *, weight: float,
+             class_names, keep: int = 0) -> dict:
+  """Runs ``eval_step`` over every batch of a split.
+
+  Returns ``{"summary": metrics.summarize(...) plus "loss" and each term (image-weighted
+  means), "per_image": {metric: (N, C) array}, "samples": [(image, label, pred)] * keep}``.
+  """
+  results, samples = [], []
+  loss_sums: dict[str, float] = {}
+  count = 0
+  for batch in batches:
+    classes, probs, loss, terms = jax.device_get(eval_step(params, rest, batch, weight))
+    size = len(batch["label"])
+    for key, value in {"loss": loss, **terms}.items():
+      loss_sums[key] = loss_sums.get(key, 0.0) + float(value) * size
+    count += size
+    results.append(metrics.evaluate_batch(classes, batch["label"], num_classes=len(class_names),
+                                          ignore_index=rl_data.IGNORE_INDEX, probs=probs))
+    for i in range(min(size, keep - len(samples))):
+      samples.append((np.asarray(batch["image"][i]), np.asarray(batch["label"][i]),
+                      np.asarray(classes[i])))
+  if not results:
+    raise ValueError("the evaluation split yielded no batch; is it empty?")
+  summary = metrics.summarize(results, class_names=class_names)
+  summary.update({key: total / count for key, total in loss_sums.items()})
+  per_image = {key: np.concatenate([r[key] for r in results])
+               for key in ("dice", "iou", "hd95", "gt_proportion", "pred_proportion",
+                           "pred_proportion_soft")}
+  return {"summary": summary, "per_image": per_image, "samples": samples}

@@ -1,0 +1,168 @@
+"""``train_and_evaluate(config, workdir)``: the whole run, resumable at every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from train import (checkpoints, config_checks, datasets, evaluation, optim, plots, reporting,
+                   step as step_lib)
+
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.json"
+SUMMARY_KEYS = ("dice", "iou", "hd95", "precision", "recall", "proportion_mae",
+                "proportion_bias", "proportion_mae_soft", "proportion_bias_soft")
+
+
+def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
+  """A workdir holds one config: a different one is refused, so results never mix."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path) and not overwrite:
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != current:
+      changed = sorted(_differences(previous, current))
+      raise ValueError(f"{workdir} holds a run with a different config (changed: "
+                       f"{', '.join(changed)}); use another --workdir, or pass --overwrite "
+                       "to discard that run.")
+  if overwrite:
+    import shutil
+    for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, "tensorboard", "plots"):
+      target = os.path.join(workdir, name)
+      if os.path.isdir(target):
+        shutil.rmtree(target)
+      elif os.path.exists(target):
+        os.remove(target)
+  with open(path, "w") as f:
+    json.dump(current, f, indent=2)
+
+
+def _differences(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for key in set(a) | set(b):
+      yield from _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+  elif a != b:
+    yield prefix.rstrip(".")
+
+
+def _flatten(summary: dict) -> dict:
+  """Summary scalars plus ``<metric>/<class>`` for the per-class values."""
+  flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+  for name, values in summary.get("per_class", {}).items():
+    for key, value in values.items():
+      flat[f"{key}/{name}"] = value
+  return flat
+
+
+def _print_table(summary: dict, plot_paths: dict) -> None:
+  names = list(summary["per_class"])
+  header = f"{'metric':<22}{'mean':>9}" + "".join(f"{n[:11]:>12}" for n in names)
+  lines = [header, "-" * len(header)]
+  for key in SUMMARY_KEYS:
+    if key in summary:
+      lines.append(f"{key:<22}{summary[key]:>9.4f}" + "".join(
+          f"{summary['per_class'][n][key]:>12.4f}" for n in names))
+  print("\n".join(["", "test metrics (mean over foreground classes):"] + lines + [""]))
+  for name, path in plot_paths.items():
+    print(f"{name:>16}: {path}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then evaluates
+  the best checkpoint on the test split and writes the summary and plots.
+
+  Returns the test summary (also in ``workdir/summary.json`` under ``"test"``).
+  """
+  config_checks.check_config(config)
+  lead = jax.process_index() == 0
+  _check_workdir(config, workdir, overwrite)
+  summary_path = os.path.join(workdir, SUMMARY_FILE)
+
+  splits = {s: datasets.open_split(config, s) for s in ("train", "validation", "test")}
+  class_names = splits["train"].class_names
+  config_checks.check_num_classes(config, len(class_names))
+  example = splits["train"].source[0]["image"]
+  model = step_lib.make_model(config, in_channels=np.shape(example)[-1],
+                              num_classes=len(class_names), seed=config.train.seed)
+  optimizer = optim.make_optimizer(config)
+  graphdef, eval_graphdef, state = step_lib.init_state(model, optimizer)
+  train_step = step_lib.make_train_step(config, graphdef, optimizer)
+  eval_step = evaluation.make_eval_step(config, eval_graphdef)
+  weight_schedule = optim.loss_weight_schedule(config)
+
+  mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
+  iterator = iter(datasets.train_pipeline(config, splits["train"]))
+  start = mngr.latest_step() or 0
+  if start:
+    state, data_state = checkpoints.restore(mngr, start, jax.eval_shape(lambda: state))
+    iterator.set_state(data_state)
+    logging.info("resumed from step %d", start)
+  if start >= config.train.steps and os.path.exists(summary_path):
+    with open(summary_path) as f:
+      finished = json.load(f)
+    logging.info("%s is finished (step %d); nothing to train", workdir, start)
+    if lead:
+      _print_table(finished["test"], finished["plots"])
+    return finished["test"]
+
+  writer = reporting.MetricWriter(workdir, enabled=lead, resume_step=start)
+
+  def validate(at_step: int) -> float:
+    weight = float(weight_schedule(at_step))
+    result = evaluation.evaluate(
+        eval_step, state.params, state.rest,
+        datasets.eval_pipeline(config, splits["validation"]), weight=weight,
+        class_names=class_names)
+    writer.write(at_step, "val", _flatten(result["summary"]))
+    return result["summary"]["dice"]
+
+  progress = tqdm(total=config.train.steps, initial=start, disable=not lead, unit="step",
+                  dynamic_ncols=True, mininterval=2.0)
+  sums, count, clock = {}, 0, time.perf_counter()
+  for step in range(start + 1, config.train.steps + 1):
+    state, step_metrics = train_step(state, next(iterator))
+    for key, value in step_metrics.items():
+      sums[key] = sums.get(key, 0.0) + value
+    count += 1
+    if step % config.train.log_every == 0 or step == config.train.steps:
+      record = {key: float(value) / count for key, value in sums.items()}
+      record["images_per_s"] = count * config.train.batch_size / (time.perf_counter() - clock)
+      writer.write(step, "train", record)
+      progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+      sums, count, clock = {}, 0, time.perf_counter()
+    progress.update(1)
+    evaluate_now = step % config.train.eval_every == 0 or step == config.train.steps
+    val_dice = validate(step) if evaluate_now else None
+    if evaluate_now or step % config.train.checkpoint_every == 0:
+      checkpoints.save(mngr, step, state, iterator.get_state(), val_dice)
+      clock = time.perf_counter()  # evaluation and saving are not training throughput
+  progress.close()
+
+  best = checkpoints.best_step(mngr) or mngr.latest_step()
+  best_state, _ = checkpoints.restore(mngr, best, jax.eval_shape(lambda: state))
+  test = evaluation.evaluate(
+      eval_step, best_state.params, best_state.rest,
+      datasets.eval_pipeline(config, splits["test"]),
+      weight=float(weight_schedule(config.train.steps)), class_names=class_names,
+      keep=config.train.num_overlays)
+  summary = {**test["summary"], "checkpoint_step": int(best)}
+  writer.write(config.train.steps, "test", _flatten(summary))
+  writer.close()
+  if lead:
+    plot_paths = plots.write_all(workdir, reporting.read_metrics(workdir), test, class_names)
+    tmp = summary_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"test": summary, "plots": plot_paths}, f, indent=2)
+    os.replace(tmp, summary_path)
+    _print_table(summary, plot_paths)
+  return summary

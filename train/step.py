@@ -1,0 +1,106 @@
+"""The model, the training state and the two jitted functions: the train step and predict.
+
+The Flax NNX model is split once into a static ``graphdef`` and array state; the state is
+what is trained, checkpointed and donated: ``params`` (``nnx.Param``) and ``rest`` (batch
+statistics and the dropout RNG state, which advance with each step).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from regionloss_jax import losses, models
+from train import config_checks, optim
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: Any
+  rest: Any
+  opt_state: Any
+
+
+def make_model(config: ml_collections.ConfigDict, *, in_channels: int, num_classes: int,
+               seed: int) -> models.UNet:
+  m = config.model
+  return models.UNet(
+      in_channels, config_checks.model_channels(config, num_classes),
+      spatial_dims=m.spatial_dims, depth=m.depth, features=m.features,
+      max_features=m.max_features, norm=m.norm, activation=m.activation,
+      dropout_rate=m.dropout_rate, upsample=m.upsample, deep_supervision=m.deep_supervision,
+      dtype=jnp.bfloat16 if config.precision == "bfloat16" else None,
+      rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def init_state(model: models.UNet, optimizer: optax.GradientTransformation):
+  """``(train_graphdef, eval_graphdef, state)`` for a freshly built model."""
+  model.train()
+  train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_graphdef = nnx.graphdef(model)
+  model.train()
+  state = TrainState(jnp.zeros((), jnp.int32), params, rest, optimizer.init(params))
+  return train_graphdef, eval_graphdef, state
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdef,
+                    optimizer: optax.GradientTransformation) -> Callable:
+  """``train_step(state, batch) -> (state, metrics)``, jitted, the state donated.
+
+  ``metrics`` holds ``loss``, every loss term, ``grad_norm``, ``learning_rate`` and
+  ``loss_weight`` (float32 scalars).
+  """
+  loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
+  weight_schedule = optim.loss_weight_schedule(config)
+  learning_rate = optim.learning_rate_schedule(config)
+
+  def objective(params, rest, batch, weight):
+    model = nnx.merge(graphdef, params, rest)
+    outputs = model(batch["image"])
+    head_loss = functools.partial(loss_fn, weight=weight)
+    if config.model.deep_supervision:
+      loss, terms = models.deep_supervision_loss(head_loss, outputs, batch["label"])
+    else:
+      loss, terms = head_loss(outputs, batch["label"])
+    _, _, new_rest = nnx.split(model, nnx.Param, ...)
+    return loss, (terms, new_rest)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def train_step(state: TrainState, batch):
+    weight = weight_schedule(state.step)
+    (loss, (terms, rest)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params, state.rest, batch, weight)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": learning_rate(state.step), "loss_weight": weight}
+    return TrainState(state.step + 1, params, rest, opt_state), metrics
+
+  return train_step
+
+
+def make_predict(config: ml_collections.ConfigDict, eval_graphdef) -> Callable:
+  """``predict(params, rest, images) -> (classes (B, *S) int32, probs (B, *S, C) float32)``.
+
+  ``C`` counts classes (2 in binary mode, where the one sigmoid gives background ``1 - p``).
+  """
+  binary = config.loss.mode == "binary"
+
+  @jax.jit
+  def predict(params, rest, images):
+    logits = nnx.merge(eval_graphdef, params, rest)(images)
+    if binary:
+      foreground = jax.nn.sigmoid(logits)
+      probs = jnp.concatenate([1.0 - foreground, foreground], axis=-1)
+    else:
+      probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs
+
+  return predict
