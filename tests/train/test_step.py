@@ -1,5 +1,6 @@
 """The jitted train step learns: on one fixed batch the loss falls, for each kind of loss."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,14 +9,17 @@ from train import optim, step
 from train.configs import binary, default
 
 
-@pytest.mark.parametrize("make_config, loss_name, deep_supervision", [
-    (default.get_config, "ce+kl", False),
-    (default.get_config, "ce+dice", True),
-    (binary.get_config, "ce+l1", False),
+@pytest.mark.parametrize("make_config, loss_name, deep_supervision, precision", [
+    (default.get_config, "ce+kl", False, "float32"),
+    (default.get_config, "ce+dice", True, "float32"),
+    (binary.get_config, "ce+l1", False, "float32"),
+    (default.get_config, "ce+kl", False, "bfloat16"),
 ])
-def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supervision):
+def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supervision,
+                                               precision):
   config = make_config()
   config.loss.name = loss_name
+  config.precision = precision
   config.model.update(depth=2, features=4, deep_supervision=deep_supervision)
   config.optimizer.update(warmup_steps=0, schedule="constant", learning_rate=1e-2)
   config.train.steps = 40
@@ -35,3 +39,5 @@ def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supe
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.6 * losses[0]
   assert int(state.step) == config.train.steps
+  # Parameters and optimiser state stay float32 whatever the compute precision.
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
