@@ -1,4 +1,4 @@
-"""The model, the training state and the two jitted functions: the train step and predict.
+"""The model, the training state and the jitted train step.
 
 The Flax NNX model is split once into a static ``graphdef`` and array state; the state is
 what is trained, checkpointed and donated: ``params`` (``nnx.Param``) and ``rest`` (batch
@@ -84,23 +84,3 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef,
     return TrainState(state.step + 1, params, rest, opt_state), metrics
 
   return train_step
-
-
-def make_predict(config: ml_collections.ConfigDict, eval_graphdef) -> Callable:
-  """``predict(params, rest, images) -> (classes (B, *S) int32, probs (B, *S, C) float32)``.
-
-  ``C`` counts classes (2 in binary mode, where the one sigmoid gives background ``1 - p``).
-  """
-  binary = config.loss.mode == "binary"
-
-  @jax.jit
-  def predict(params, rest, images):
-    logits = nnx.merge(eval_graphdef, params, rest)(images)
-    if binary:
-      foreground = jax.nn.sigmoid(logits)
-      probs = jnp.concatenate([1.0 - foreground, foreground], axis=-1)
-    else:
-      probs = jax.nn.softmax(logits, axis=-1)
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs
-
-  return predict
