@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench compare clean
 
 install: $(STAMP)
 
@@ -20,6 +20,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+
+# The region-size study on the embedded data, multiclass then binary, one seed each.
+compare: install
+	$(PY) -m train.compare --config=train/configs/compare.py --workdir=runs/compare/multiclass \
+	  --config.seeds=1
+	$(PY) -m train.compare --config=train/configs/compare.py --workdir=runs/compare/binary \
+	  --config.seeds=1 --config.base.data.name=imbalanced_shapes/binary \
+	  --config.base.loss.mode=binary
 
 bench: install
 	$(PY) benchmarks/losses.py

@@ -1,11 +1,11 @@
 """``python -m train --config=train/configs/default.py --workdir=DIR [--config.FIELD=VALUE]``."""
 
-import logging as std_logging
+import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from train import loop
+from train import loop, reporting
 
 _CONFIG = config_flags.DEFINE_config_file("config", "train/configs/default.py",
                                           "Run configuration file.", lock_config=True)
@@ -15,19 +15,14 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Discard a previous run in --workdir made with another config.")
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the run log; warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  reporting.setup_logging()
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  except loop.Diverged as error:
+    sys.exit(f"error: {error}")  # a message and exit status 1, no traceback
 
 
 if __name__ == "__main__":

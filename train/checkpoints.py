@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 
 BEST_METRIC = "val_dice"
 
@@ -29,12 +32,20 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
-         val_dice: float | None = None) -> None:
+         val_dice: float | None = None) -> bool:
+  """Saves checkpoint ``step``; refuses (returns False, logs why) a state that holds a
+  non-finite number, so that a resumed run never starts from one."""
+  finite = all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state)
+               if jnp.issubdtype(leaf.dtype, jnp.floating))
+  if not finite:
+    logging.warning("step %d: the state holds non-finite values; checkpoint not written", step)
+    return False
   args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                             data=ocp.args.JsonSave(data_state))
   metrics = None if val_dice is None else {BEST_METRIC: float(val_dice)}
   mngr.save(step, args=args, metrics=metrics, force=True)
   mngr.wait_until_finished()
+  return True
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):

@@ -86,7 +86,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _choice("loss.mode", config.loss.mode, MODES)
   _choice("model.spatial_dims", config.model.spatial_dims, (2, 3))
   for field in ("steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every",
-                "log_every", "keep_checkpoints"):
+                "log_every", "keep_checkpoints", "max_nonfinite_steps"):
     _positive(f"train.{field}", config.train[field])
   if config.optimizer.learning_rate <= 0:
     raise ValueError(f"config.optimizer.learning_rate must be > 0, got "

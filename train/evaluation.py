@@ -20,7 +20,9 @@ def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable
   """``eval_step(params, rest, batch, weight) -> (classes, probs, loss, terms)`` (jitted).
 
   ``classes`` int32 ``(B, *S)``; ``probs`` float32 ``(B, *S, C)`` with ``C`` the classes
-  (2 in binary mode: the sigmoid's ``1 - p`` is the background).
+  (2 in binary mode: the sigmoid's ``1 - p`` is the background). ``terms`` holds the loss
+  terms as ``term/<name>`` and the paper's decomposition of CE and log-Dice whatever loss is trained
+  (:func:`decomposition_terms`).
   """
   loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
   binary = config.loss.mode == "binary"
@@ -29,6 +31,9 @@ def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable
   def eval_step(params, rest, batch, weight):
     logits = nnx.merge(eval_graphdef, params, rest)(batch["image"])
     loss, terms = loss_fn(logits, batch["label"], weight=weight)
+    # Loss terms are logged as term/<name>: a "dice" term must not shadow the Dice metric.
+    terms = {**{f"term/{k}": v for k, v in terms.items()},
+             **decomposition_terms(logits, batch["label"], binary=binary)}
     if binary:
       foreground = jax.nn.sigmoid(logits)
       probs = jnp.concatenate([1.0 - foreground, foreground], axis=-1)
@@ -37,6 +42,31 @@ def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable
     return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs, loss, terms
 
   return eval_step
+
+
+def decomposition_terms(logits, labels, *, binary: bool) -> dict:
+  """The paper's decomposition of CE and log-Dice, as batch means named
+  ``decomposition/{ce,logdice}_{matching,size}``.
+
+  CE: per image, the matching and size (``KL(tau || tauhat)``) terms of its Jensen bound,
+  summed over classes (so the size term is >= 0), averaged over images. log-Dice: the exact
+  matching and size terms averaged over the (image, foreground class) pairs whose class is
+  present in the ground truth (absent classes have no region to match). A binary model's
+  sigmoid logit ``x`` is the two-class softmax of ``(0, x)``.
+  """
+  if binary:
+    logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
+  ignore = rl_data.IGNORE_INDEX
+  ce = losses.cross_entropy_decomposition(logits, labels, ignore_index=ignore)
+  log_dice = losses.log_dice_decomposition(logits, labels, ignore_index=ignore)
+  present = log_dice["tau"][:, 1:] > 1e-6
+  pairs = jnp.maximum(jnp.sum(present), 1)
+  out = {f"decomposition/ce_{part}": jnp.mean(jnp.sum(ce[part], axis=-1))
+         for part in ("matching", "size")}
+  out.update({f"decomposition/logdice_{part}":
+              jnp.sum(jnp.where(present, log_dice[part][:, 1:], 0.0)) / pairs
+              for part in ("matching", "size")})
+  return out
 
 
 def evaluate(eval_step: Callable, params, rest, batches, *, weight: float,

@@ -17,8 +17,13 @@ from train import (checkpoints, config_checks, datasets, evaluation, optim, plot
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
+PER_IMAGE_FILE = "test_per_image.npz"  # (N, C) arrays: dice, iou, hd95, proportions
 SUMMARY_KEYS = ("dice", "iou", "hd95", "precision", "recall", "proportion_mae",
                 "proportion_bias", "proportion_mae_soft", "proportion_bias_soft")
+
+
+class Diverged(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
@@ -36,7 +41,8 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: b
                        "to discard that run.")
   if overwrite:
     import shutil
-    for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, "tensorboard", "plots"):
+    for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, PER_IMAGE_FILE,
+                 "tensorboard", "plots"):
       target = os.path.join(workdir, name)
       if os.path.isdir(target):
         shutil.rmtree(target)
@@ -129,13 +135,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = tqdm(total=config.train.steps, initial=start, disable=not lead, unit="step",
                   dynamic_ncols=True, mininterval=2.0)
   sums, count, clock = {}, 0, time.perf_counter()
+  nonfinite_flags, consecutive, skipped = [], 0, 0
   for step in range(start + 1, config.train.steps + 1):
     state, step_metrics = train_step(state, next(iterator))
+    nonfinite_flags.append(step_metrics.pop("nonfinite"))
     for key, value in step_metrics.items():
       sums[key] = sums.get(key, 0.0) + value
     count += 1
-    if step % config.train.log_every == 0 or step == config.train.steps:
+    last_of_interval = step % config.train.log_every == 0 or step == config.train.steps
+    if last_of_interval or len(nonfinite_flags) >= config.train.max_nonfinite_steps:
+      # One host sync per interval, not per step.
+      for offset, flag in enumerate(jax.device_get(nonfinite_flags)):
+        consecutive = consecutive + 1 if flag else 0
+        skipped += int(flag)
+        if consecutive >= config.train.max_nonfinite_steps:
+          bad_step = step - len(nonfinite_flags) + offset + 1
+          last = mngr.latest_step()
+          good = (f"step {last} in {os.path.join(workdir, 'checkpoints')}" if last
+                  else "none (the run stopped before its first checkpoint)")
+          raise Diverged(
+              f"non-finite loss or gradient for {consecutive} consecutive steps, the last at "
+              f"step {bad_step}; stopping. Those updates were skipped and nothing non-finite "
+              f"was checkpointed; the last good checkpoint is {good}. Lower "
+              "optimizer.learning_rate, keep optimizer.grad_clip_norm > 0, or check the data.")
+      nonfinite_flags = []
+    if last_of_interval:
       record = {key: float(value) / count for key, value in sums.items()}
+      record["nonfinite_steps"] = skipped
       record["images_per_s"] = count * config.train.batch_size / (time.perf_counter() - clock)
       writer.write(step, "train", record)
       progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
@@ -156,6 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       weight=float(weight_schedule(config.train.steps)), class_names=class_names,
       keep=config.train.num_overlays)
   summary = {**test["summary"], "checkpoint_step": int(best)}
+  if lead:
+    np.savez_compressed(os.path.join(workdir, PER_IMAGE_FILE), **test["per_image"])
   writer.write(config.train.steps, "test", _flatten(summary))
   writer.close()
   if lead:

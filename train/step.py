@@ -50,12 +50,20 @@ def init_state(model: models.UNet, optimizer: optax.GradientTransformation):
   return train_graphdef, eval_graphdef, state
 
 
+def _where_floating(condition, new, old):
+  """``new`` where ``condition`` holds, else ``old``, for the floating leaves of a tree."""
+  return jax.tree.map(
+      lambda n, o: jnp.where(condition, n, o) if jnp.issubdtype(n.dtype, jnp.floating) else n,
+      new, old)
+
+
 def make_train_step(config: ml_collections.ConfigDict, graphdef,
                     optimizer: optax.GradientTransformation) -> Callable:
   """``train_step(state, batch) -> (state, metrics)``, jitted, the state donated.
 
-  ``metrics`` holds ``loss``, every loss term, ``grad_norm``, ``learning_rate`` and
-  ``loss_weight`` (float32 scalars).
+  ``metrics`` holds ``loss``, every loss term as ``term/<name>``, ``grad_norm``,
+  ``learning_rate``, ``loss_weight`` (float32 scalars) and ``nonfinite`` (1 when the loss or
+  gradient was not finite and the update was skipped).
   """
   loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
   weight_schedule = optim.loss_weight_schedule(config)
@@ -77,10 +85,19 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef,
     weight = weight_schedule(state.step)
     (loss, (terms, rest)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params, state.rest, batch, weight)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": learning_rate(state.step), "loss_weight": weight}
+    # A non-finite loss or gradient skips the update: every float in the state keeps its
+    # previous value (the step and the RNG still advance, as the batch was consumed).
+    keep = functools.partial(_where_floating, finite)
+    params = keep(params, state.params)
+    opt_state = keep(opt_state, state.opt_state)
+    rest = keep(rest, state.rest)
+    metrics = {"loss": loss, **{f"term/{k}": v for k, v in terms.items()},
+               "grad_norm": grad_norm, "learning_rate": learning_rate(state.step),
+               "loss_weight": weight, "nonfinite": 1 - finite.astype(jnp.int32)}
     return TrainState(state.step + 1, params, rest, opt_state), metrics
 
   return train_step

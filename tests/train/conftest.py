@@ -9,17 +9,25 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+TINY_FIELDS = {
+    "data.split_sizes": (48, 16, 16), "data.image_size": (32, 32), "data.num_threads": 1,
+    "model.depth": 2, "model.features": 4,
+    "train.batch_size": 4, "train.eval_batch_size": 16, "train.steps": 6,
+    "train.eval_every": 3, "train.checkpoint_every": 3, "train.log_every": 2,
+    "train.num_overlays": 2, "optimizer.warmup_steps": 2,
+}
+
+
 def tiny_flags(cache_dir, **overrides) -> list[str]:
-  fields = {
-      "data.split_sizes": "(48,16,16)", "data.image_size": "(32,32)",
-      "data.cache_dir": str(cache_dir), "data.num_threads": "1",
-      "model.depth": "2", "model.features": "4",
-      "train.batch_size": "4", "train.eval_batch_size": "16", "train.steps": "6",
-      "train.eval_every": "3", "train.checkpoint_every": "3", "train.log_every": "2",
-      "train.num_overlays": "2", "optimizer.warmup_steps": "2",
-  }
-  fields.update({k: str(v) for k, v in overrides.items()})
-  return [f"--config.{k}={v}" for k, v in fields.items()]
+  fields = {**TINY_FIELDS, "data.cache_dir": cache_dir, **overrides}
+  return [f"--config.{k}={str(v).replace(' ', '')}" for k, v in fields.items()]
+
+
+def make_tiny(config, cache_dir) -> None:
+  """Sets ``TINY_FIELDS`` on a training config in place."""
+  for field, value in {**TINY_FIELDS, "data.cache_dir": str(cache_dir)}.items():
+    section, name = field.split(".")
+    config[section][name] = value
 
 
 def run_program(workdir, cache_dir, *extra, module="train", check=True, **overrides):

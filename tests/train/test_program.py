@@ -31,13 +31,17 @@ def test_few_step_run_writes_every_output(tmp_path, cache_dir):
   assert "test metrics" in result.stdout
   summary = json.loads((workdir / "summary.json").read_text())
   assert SUMMARY_KEYS <= set(summary["test"])
+  foreground = [v for k, v in summary["test"]["per_class"].items() if k != "background"]
+  for key in ("dice", "iou", "hd95", "proportion_mae"):
+    assert summary["test"][key] == pytest.approx(sum(c[key] for c in foreground) / 4)
   assert set(summary["test"]["per_class"]) == {"background", "organ", "cyst", "vessel", "nodule"}
   for path in summary["plots"].values():
     assert os.path.getsize(path) > 1000
   records = _records(workdir)
   train = [r for r in records if r["split"] == "train"]
   assert [r["step"] for r in train] == [2, 4, 6]
-  assert {"loss", "ce", "kl", "grad_norm", "learning_rate", "loss_weight"} <= set(train[0])
+  assert {"loss", "term/ce", "term/kl", "grad_norm", "learning_rate",
+          "loss_weight"} <= set(train[0])
   assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
   assert [r["step"] for r in records if r["split"] == "test"] == [6]
   assert "dice/organ" in records[-1]
@@ -99,3 +103,17 @@ def test_workdir_with_another_config_is_refused(tmp_path, cache_dir):
                                                            "optimizer.learning_rate": 0.1})
   assert result.returncode != 0
   assert "optimizer.learning_rate" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_diverging_learning_rate_stops_with_a_clear_message(tmp_path, cache_dir):
+  workdir = tmp_path / "diverged"
+  result = run_program(workdir, cache_dir, check=False, **{
+      "optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
+      "train.max_nonfinite_steps": 3, "train.steps": 40, "train.checkpoint_every": 2,
+      "train.eval_every": 40})
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "non-finite loss or gradient for 3 consecutive steps" in result.stderr
+  assert "last good checkpoint is step" in result.stderr
+  assert not (workdir / "summary.json").exists()
+  skipped = [r["nonfinite_steps"] for r in _records(workdir) if r["split"] == "train"]
+  assert all(value is not None for value in skipped)

@@ -78,6 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 25
   config.train.seed = 0
   config.train.num_overlays = 6
+  # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+  config.train.max_nonfinite_steps = 20
 
   config.precision = "float32"  # float32 | bfloat16
   return config
