@@ -55,6 +55,29 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return restored["state"], restored["data"]
 
 
+def restore_newest_readable(mngr: ocp.CheckpointManager, abstract_state, quarantine: str):
+  """``(step, state, data_state)`` of the newest checkpoint that reads back, or
+  ``(0, None, None)`` when there is none.
+
+  A checkpoint that fails to read (a truncated or corrupt file) is reported, moved to
+  ``quarantine/<step>`` (kept for inspection, out of the manager's way) and the previous
+  one is tried.
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state, data_state = restore(mngr, step, abstract_state)
+    except Exception as error:  # noqa: BLE001  (orbax and tensorstore raise many types)
+      os.makedirs(quarantine, exist_ok=True)
+      target = os.path.join(quarantine, str(step))
+      os.replace(os.path.join(str(mngr.directory), str(step)), target)
+      logging.error("checkpoint %d cannot be read (%s: %s); moved it to %s and trying the "
+                    "previous one", step, type(error).__name__, str(error)[:300], target)
+      mngr.reload()
+      continue
+    return step, state, data_state
+  return 0, None, None
+
+
 def best_step(mngr: ocp.CheckpointManager) -> int | None:
   """The step with the highest validation Dice, or ``None`` if none was evaluated."""
   return mngr.best_step()

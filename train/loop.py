@@ -108,9 +108,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   iterator = iter(datasets.train_pipeline(config, splits["train"]))
-  start = mngr.latest_step() or 0
+  start, restored, data_state = checkpoints.restore_newest_readable(
+      mngr, jax.eval_shape(lambda: state), os.path.join(workdir, "corrupt_checkpoints"))
   if start:
-    state, data_state = checkpoints.restore(mngr, start, jax.eval_shape(lambda: state))
+    state = restored
     iterator.set_state(data_state)
     logging.info("resumed from step %d", start)
   if start >= config.train.steps and os.path.exists(summary_path):

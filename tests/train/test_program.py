@@ -117,3 +117,19 @@ def test_diverging_learning_rate_stops_with_a_clear_message(tmp_path, cache_dir)
   assert not (workdir / "summary.json").exists()
   skipped = [r["nonfinite_steps"] for r in _records(workdir) if r["split"] == "train"]
   assert all(value is not None for value in skipped)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir):
+  workdir = tmp_path / "run"
+  run_program(workdir, cache_dir)
+  finished = json.loads((workdir / "summary.json").read_text())["test"]
+  (workdir / "summary.json").unlink()  # as if the run had been killed after its last save
+  data_files = sorted((workdir / "checkpoints" / "6").glob("state/ocdbt.process_0/d/*"),
+                      key=os.path.getsize)
+  with open(data_files[-1], "r+b") as f:  # cut the largest array file in half
+    f.truncate(os.path.getsize(data_files[-1]) // 2)
+
+  result = run_program(workdir, cache_dir)
+  assert "checkpoint 6 cannot be read" in result.stderr
+  assert (workdir / "corrupt_checkpoints" / "6").is_dir()
+  assert json.loads((workdir / "summary.json").read_text())["test"] == finished
