@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -40,7 +41,6 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: b
                        f"{', '.join(changed)}); use another --workdir, or pass --overwrite "
                        "to discard that run.")
   if overwrite:
-    import shutil
     for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, PER_IMAGE_FILE,
                  "tensorboard", "plots"):
       target = os.path.join(workdir, name)

@@ -169,9 +169,7 @@ def load_folder(root, *, split: str = "train", num_classes: int,
       nothing is written to the cache then.
   """
   root = pathlib.Path(root).expanduser().resolve()
-  class_names = tuple(class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)])
-  if len(class_names) != num_classes:
-    raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+  class_names = pairing.class_names_for(num_classes, class_names)
   lookup = pairing.value_lookup(num_classes, value_map)
   image_size = tuple(int(s) for s in image_size)
   options = dict(image_size=image_size, lookup=sorted(lookup.items()), class_names=class_names,

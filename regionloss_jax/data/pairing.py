@@ -111,6 +111,14 @@ def carve_splits(pairs: dict, *, val_fraction: float, test_fraction: float, seed
   return pairs
 
 
+def class_names_for(num_classes: int, class_names: Sequence[str] | None) -> tuple[str, ...]:
+  """``class_names`` checked against ``num_classes``; default ``background, class_1, ...``."""
+  names = tuple(class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)])
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} class_names for num_classes={num_classes}")
+  return names
+
+
 def value_lookup(num_classes: int, value_map: dict[int, int] | None) -> dict[int, int]:
   """Raw mask value -> class id; the identity on ``0..num_classes-1`` by default."""
   if value_map is None:

@@ -193,9 +193,7 @@ def load_volumes(root, *, split: str = "train", num_classes: int,
   if mode not in RESAMPLE_MODES:
     raise ValueError(f"mode must be one of {RESAMPLE_MODES}, got {mode!r}")
   root = pathlib.Path(root).expanduser().resolve()
-  class_names = tuple(class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)])
-  if len(class_names) != num_classes:
-    raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+  class_names = pairing.class_names_for(num_classes, class_names)
   lookup = pairing.value_lookup(num_classes, value_map)
   shape = tuple(int(s) for s in shape)
   if len(shape) != 3:
