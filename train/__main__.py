@@ -1,29 +1,43 @@
-"""``python -m train --config=train/configs/default.py --workdir=DIR [--config.FIELD=VALUE]``."""
+"""``python -m train --config=train/configs/default.py --workdir=DIR [--config.FIELD=VALUE]``.
+
+On several hosts, each process also gets ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`` (or none of them under SLURM, Open MPI or on a TPU
+slice, where JAX finds them itself).
+"""
 
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from train import loop, reporting
+from train import cli, loop, parallel, reporting
 
-_CONFIG = config_flags.DEFINE_config_file("config", "train/configs/default.py",
-                                          "Run configuration file.", lock_config=True)
+
+FIELDS_FILE = "train/configs/base.py"
+_CONFIG = cli.define_config_flag("train/configs/default.py", "Run configuration file.",
+                                 fields_file=FIELDS_FILE)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and plots.",
                                required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Discard a previous run in --workdir made with another config.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0 in a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Processes in a multi-process run.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.",
+                                   lower_bound=0)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  parallel.initialize(coordinator_address=_COORDINATOR.value,
+                      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   reporting.setup_logging()
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except loop.Diverged as error:
+  except (loop.Diverged, loop.OutOfMemory) as error:
     sys.exit(f"error: {error}")  # a message and exit status 1, no traceback
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(FIELDS_FILE))

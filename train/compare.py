@@ -16,14 +16,14 @@ import re
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from train import loop, reporting
+from train import cli, loop, reporting
 from train import compare_figures as figures
 from train.configs import base as base_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", "train/configs/compare.py",
-                                          "Study configuration file.", lock_config=True)
+FIELDS_FILE = "train/configs/compare.py (the study) and train/configs/base.py (base.*)"
+_CONFIG = cli.define_config_flag("train/configs/compare.py", "Study configuration file.",
+                                 fields_file=FIELDS_FILE)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study.", required=True)
 
 ALIASES = {"ce+logdice": ("ce+dice", {"log": True}), "logdice": ("dice", {"log": True})}
@@ -195,4 +195,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser(FIELDS_FILE))

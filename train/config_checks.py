@@ -111,6 +111,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   data_options(config)
 
 
+def check_devices(config: ml_collections.ConfigDict, device_count: int,
+                  process_count: int) -> None:
+  """The global batch is split evenly over the devices (and so over the processes)."""
+  if config.train.batch_size % device_count:
+    raise ValueError(
+        f"config.train.batch_size={config.train.batch_size} is not divisible by the "
+        f"{device_count} devices ({process_count} process(es)); the batch is split evenly "
+        f"over them. Use a multiple of {device_count}, e.g. "
+        f"{device_count * max(1, round(config.train.batch_size / device_count))}.")
+
+
 def check_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> None:
   """Mode and class count must agree: ``binary`` means exactly background + one class."""
   if config.loss.mode == "binary" and num_classes != 2:

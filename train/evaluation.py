@@ -13,11 +13,14 @@ import numpy as np
 
 from regionloss_jax import losses, metrics
 from regionloss_jax import data as rl_data
-from train import config_checks
+from train import config_checks, parallel
 
 
-def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable:
+def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef,
+                   mesh: jax.sharding.Mesh | None = None) -> Callable:
   """``eval_step(params, rest, batch, weight) -> (classes, probs, loss, terms)`` (jitted).
+
+  With ``mesh`` the outputs are replicated, so that every process can read them whole.
 
   ``classes`` int32 ``(B, *S)``; ``probs`` float32 ``(B, *S, C)`` with ``C`` the classes
   (2 in binary mode: the sigmoid's ``1 - p`` is the background). ``terms`` holds the loss
@@ -27,7 +30,6 @@ def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable
   loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
   binary = config.loss.mode == "binary"
 
-  @jax.jit
   def eval_step(params, rest, batch, weight):
     logits = nnx.merge(eval_graphdef, params, rest)(batch["image"])
     loss, terms = loss_fn(logits, batch["label"], weight=weight)
@@ -41,7 +43,9 @@ def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef) -> Callable
       probs = jax.nn.softmax(logits, axis=-1)
     return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs, loss, terms
 
-  return eval_step
+  if mesh is None:
+    return jax.jit(eval_step)
+  return jax.jit(eval_step, out_shardings=parallel.replicated(mesh))
 
 
 def decomposition_terms(logits, labels, *, binary: bool) -> dict:
@@ -70,8 +74,8 @@ def decomposition_terms(logits, labels, *, binary: bool) -> dict:
 
 
 def evaluate(eval_step: Callable, params, rest, batches, *, weight: float,
-             class_names, keep: int = 0) -> dict:
-  """Runs ``eval_step`` over every batch of a split.
+             class_names, keep: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict:
+  """Runs ``eval_step`` over every batch of a split (placed on ``mesh`` when given).
 
   Returns ``{"summary": metrics.summarize(...) plus "loss" and each term (image-weighted
   means), "per_image": {metric: (N, C) array}, "samples": [(image, label, pred)] * keep}``.
@@ -80,7 +84,8 @@ def evaluate(eval_step: Callable, params, rest, batches, *, weight: float,
   loss_sums: dict[str, float] = {}
   count = 0
   for batch in batches:
-    classes, probs, loss, terms = jax.device_get(eval_step(params, rest, batch, weight))
+    placed = batch if mesh is None else parallel.put_eval_batch(batch, mesh)
+    classes, probs, loss, terms = jax.device_get(eval_step(params, rest, placed, weight))
     size = len(batch["label"])
     for key, value in {"loss": loss, **terms}.items():
       loss_sums[key] = loss_sums.get(key, 0.0) + float(value) * size

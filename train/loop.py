@@ -11,10 +11,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from train import (checkpoints, config_checks, datasets, evaluation, optim, plots, reporting,
-                   step as step_lib)
+from train import (checkpoints, config_checks, datasets, evaluation, optim, parallel, plots,
+                   reporting, step as step_lib)
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
@@ -27,9 +28,29 @@ class Diverged(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+class OutOfMemory(RuntimeError):
+  """The accelerator ran out of memory; the message names the config fields to lower."""
+
+
+def _out_of_memory_message(config: ml_collections.ConfigDict, workdir: str, error) -> str:
+  device = jax.devices()[0].device_kind
+  detail = str(error).strip().splitlines()[0][:200]
+  return (f"out of memory on {jax.device_count()} x {device} ({detail}). Lower one of: "
+          f"train.batch_size (now {config.train.batch_size}), train.eval_batch_size (now "
+          f"{config.train.eval_batch_size}), data.image_size (now "
+          f"{tuple(config.data.image_size) if config.data.image_size else 'dataset size'}), "
+          f"model.features (now {config.model.features}) or model.max_features (now "
+          f"{config.model.max_features or 'unset'}); or set precision='bfloat16' (now "
+          f"{config.precision!r}); with several devices, parallel.shard_params=True splits the "
+          f"parameters and optimiser state. Checkpoints in {workdir} are kept: re-run with a "
+          "changed field and --overwrite, or the same command on a larger device to resume.")
+
+
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
-  """A workdir holds one config: a different one is refused, so results never mix."""
-  os.makedirs(workdir, exist_ok=True)
+  """A workdir holds one config: a different one is refused, so results never mix.
+
+  Every process compares (so all refuse together); only process 0 writes.
+  """
   path = os.path.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path) and not overwrite:
@@ -40,6 +61,14 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: b
       raise ValueError(f"{workdir} holds a run with a different config (changed: "
                        f"{', '.join(changed)}); use another --workdir, or pass --overwrite "
                        "to discard that run.")
+  multihost_utils.sync_global_devices("workdir checked")
+  if jax.process_index() == 0:
+    _reset_workdir(workdir, current, overwrite)
+  multihost_utils.sync_global_devices("workdir ready")
+
+
+def _reset_workdir(workdir: str, current: dict, overwrite: bool) -> None:
+  os.makedirs(workdir, exist_ok=True)
   if overwrite:
     for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, PER_IMAGE_FILE,
                  "tensorboard", "plots"):
@@ -48,7 +77,7 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: b
         shutil.rmtree(target)
       elif os.path.exists(target):
         os.remove(target)
-  with open(path, "w") as f:
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     json.dump(current, f, indent=2)
 
 
@@ -60,7 +89,7 @@ def _differences(a, b, prefix=""):
     yield prefix.rstrip(".")
 
 
-def _flatten(summary: dict) -> dict:
+def flatten_summary(summary: dict) -> dict:
   """Summary scalars plus ``<metric>/<class>`` for the per-class values."""
   flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
   for name, values in summary.get("per_class", {}).items():
@@ -87,9 +116,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then evaluates
   the best checkpoint on the test split and writes the summary and plots.
 
-  Returns the test summary (also in ``workdir/summary.json`` under ``"test"``).
+  Returns the test summary (also in ``workdir/summary.json`` under ``"test"``). Raises
+  ``Diverged`` or ``OutOfMemory`` with a message for the user.
   """
+  try:
+    return _train_and_evaluate(config, workdir, overwrite=overwrite)
+  except jax.errors.JaxRuntimeError as error:
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    raise OutOfMemory(_out_of_memory_message(config, workdir, error)) from error
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                        overwrite: bool) -> dict:
   config_checks.check_config(config)
+  config_checks.check_devices(config, jax.device_count(), jax.process_count())
   lead = jax.process_index() == 0
   _check_workdir(config, workdir, overwrite)
   summary_path = os.path.join(workdir, SUMMARY_FILE)
@@ -102,14 +143,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               num_classes=len(class_names), seed=config.train.seed)
   optimizer = optim.make_optimizer(config)
   graphdef, eval_graphdef, state = step_lib.init_state(model, optimizer)
-  train_step = step_lib.make_train_step(config, graphdef, optimizer)
-  eval_step = evaluation.make_eval_step(config, eval_graphdef)
+  mesh = parallel.make_mesh()
+  shardings = parallel.step_shardings(state, mesh, shard_params=config.parallel.shard_params)
+  state = parallel.put_state(state, shardings.state)
+  abstract_state = parallel.abstract(state, shardings.state)
+  train_step = step_lib.make_train_step(config, graphdef, optimizer, shardings)
+  eval_step = evaluation.make_eval_step(config, eval_graphdef, mesh)
   weight_schedule = optim.loss_weight_schedule(config)
 
   mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   iterator = iter(datasets.train_pipeline(config, splits["train"]))
   start, restored, data_state = checkpoints.restore_newest_readable(
-      mngr, jax.eval_shape(lambda: state), os.path.join(workdir, "corrupt_checkpoints"))
+      mngr, abstract_state, os.path.join(workdir, "corrupt_checkpoints"))
   if start:
     state = restored
     iterator.set_state(data_state)
@@ -129,8 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     result = evaluation.evaluate(
         eval_step, state.params, state.rest,
         datasets.eval_pipeline(config, splits["validation"]), weight=weight,
-        class_names=class_names)
-    writer.write(at_step, "val", _flatten(result["summary"]))
+        class_names=class_names, mesh=mesh)
+    writer.write(at_step, "val", flatten_summary(result["summary"]))
     return result["summary"]["dice"]
 
   progress = tqdm(total=config.train.steps, initial=start, disable=not lead, unit="step",
@@ -138,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   sums, count, clock = {}, 0, time.perf_counter()
   nonfinite_flags, consecutive, skipped = [], 0, 0
   for step in range(start + 1, config.train.steps + 1):
-    state, step_metrics = train_step(state, next(iterator))
+    state, step_metrics = train_step(state, parallel.put_train_batch(next(iterator), mesh))
     nonfinite_flags.append(step_metrics.pop("nonfinite"))
     for key, value in step_metrics.items():
       sums[key] = sums.get(key, 0.0) + value
@@ -174,18 +219,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       checkpoints.save(mngr, step, state, iterator.get_state(), val_dice)
       clock = time.perf_counter()  # evaluation and saving are not training throughput
   progress.close()
+  logging.info("process %d of %d: parameter checksum %.12e", jax.process_index(),
+               jax.process_count(), parallel.local_checksum(state.params))
 
   best = checkpoints.best_step(mngr) or mngr.latest_step()
-  best_state, _ = checkpoints.restore(mngr, best, jax.eval_shape(lambda: state))
+  best_state, _ = checkpoints.restore(mngr, best, abstract_state)
   test = evaluation.evaluate(
       eval_step, best_state.params, best_state.rest,
       datasets.eval_pipeline(config, splits["test"]),
       weight=float(weight_schedule(config.train.steps)), class_names=class_names,
-      keep=config.train.num_overlays)
+      keep=config.train.num_overlays, mesh=mesh)
   summary = {**test["summary"], "checkpoint_step": int(best)}
   if lead:
     np.savez_compressed(os.path.join(workdir, PER_IMAGE_FILE), **test["per_image"])
-  writer.write(config.train.steps, "test", _flatten(summary))
+  writer.write(config.train.steps, "test", flatten_summary(summary))
   writer.close()
   if lead:
     plot_paths = plots.write_all(workdir, reporting.read_metrics(workdir), test, class_names)

@@ -17,7 +17,7 @@ import ml_collections
 import optax
 
 from regionloss_jax import losses, models
-from train import config_checks, optim
+from train import config_checks, optim, parallel
 
 
 class TrainState(NamedTuple):
@@ -58,8 +58,13 @@ def _where_floating(condition, new, old):
 
 
 def make_train_step(config: ml_collections.ConfigDict, graphdef,
-                    optimizer: optax.GradientTransformation) -> Callable:
+                    optimizer: optax.GradientTransformation,
+                    shardings: parallel.StepShardings | None = None) -> Callable:
   """``train_step(state, batch) -> (state, metrics)``, jitted, the state donated.
+
+  With ``shardings`` the step states where its arrays live: the state as given, the batch
+  split over the mesh's ``data`` axis, the metrics replicated; without, it runs where its
+  inputs are (one device).
 
   ``metrics`` holds ``loss``, every loss term as ``term/<name>``, ``grad_norm``,
   ``learning_rate``, ``loss_weight`` (float32 scalars) and ``nonfinite`` (1 when the loss or
@@ -80,7 +85,6 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef,
     _, _, new_rest = nnx.split(model, nnx.Param, ...)
     return loss, (terms, new_rest)
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: TrainState, batch):
     weight = weight_schedule(state.step)
     (loss, (terms, rest)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -100,4 +104,8 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef,
                "loss_weight": weight, "nonfinite": 1 - finite.astype(jnp.int32)}
     return TrainState(state.step + 1, params, rest, opt_state), metrics
 
-  return train_step
+  if shardings is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  return jax.jit(train_step, donate_argnums=(0,),
+                 in_shardings=(shardings.state, shardings.batch),
+                 out_shardings=(shardings.state, shardings.replicated))

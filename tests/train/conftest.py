@@ -42,3 +42,16 @@ def run_program(workdir, cache_dir, *extra, module="train", check=True, **overri
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("cache")
+
+
+# Tests that use finished_tiny_run share one xdist worker, so that it is trained once.
+SHARES_TINY_RUN = pytest.mark.xdist_group("tiny_run")
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory, cache_dir):
+  """A workdir holding a finished run of ``TINY_FIELDS`` on one device. Read it; a test
+  that changes files works on a copy."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  run_program(workdir, cache_dir)
+  return workdir

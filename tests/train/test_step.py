@@ -41,3 +41,38 @@ def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supe
   assert int(state.step) == config.train.steps
   # Parameters and optimiser state stay float32 whatever the compute precision.
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+
+
+def _curve(precision: str, steps: int = 15):
+  config = default.get_config()
+  config.precision = precision
+  config.model.update(depth=2, features=8)
+  config.optimizer.update(warmup_steps=0, schedule="constant", learning_rate=3e-3)
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 5, (4, 32, 32)).astype(np.int32)
+  images = np.eye(3, dtype=np.float32)[labels % 3] + 0.1 * rng.standard_normal((4, 32, 32, 3))
+  batch = {"image": jnp.asarray(images, jnp.float32), "label": jnp.asarray(labels)}
+  model = step.make_model(config, in_channels=3, num_classes=5, seed=0)
+  optimizer = optim.make_optimizer(config)
+  graphdef, _, state = step.init_state(model, optimizer)
+  train_step = step.make_train_step(config, graphdef, optimizer)
+  jaxpr = str(jax.make_jaxpr(train_step)(state, batch))
+  losses = []
+  for _ in range(steps):
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+  return np.array(losses), jaxpr, state
+
+
+def test_bfloat16_follows_the_float32_training_curve():
+  full, full_jaxpr, _ = _curve("float32")
+  half, half_jaxpr, state = _curve("bfloat16")
+  # Convolutions run in bfloat16; parameters, optimiser state and the loss stay float32.
+  assert "conv_general_dilated" in half_jaxpr and "bf16[4,32,32" in half_jaxpr
+  assert "bf16" not in full_jaxpr
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.opt_state)
+             if jnp.issubdtype(leaf.dtype, jnp.floating))
+  assert half[0] == pytest.approx(full[0], rel=1e-2)  # same weights, same batch
+  np.testing.assert_allclose(half, full, rtol=5e-2)
+  assert half[-1] < 0.9 * half[0]

@@ -81,5 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
   config.train.max_nonfinite_steps = 20
 
+  config.parallel = ml_collections.ConfigDict()
+  # Split parameters and optimiser state over the devices (FSDP-style) instead of
+  # replicating them: for models too large to hold several times over on each device.
+  config.parallel.shard_params = False
+
   config.precision = "float32"  # float32 | bfloat16
   return config

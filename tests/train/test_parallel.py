@@ -1,0 +1,122 @@
+"""Data parallelism over devices and processes: placement rules, and real runs on 4
+simulated CPU devices and on two processes talking over loopback."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from tests.train.conftest import REPO, SHARES_TINY_RUN, make_tiny, tiny_flags
+from train import config_checks, datasets, parallel
+from train.configs import default
+
+FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+def _train_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((3, 3, 16, 32), PartitionSpec(None, None, None, "data")),  # largest divisible axis
+    ((3, 3, 32, 6), PartitionSpec(None, None, "data")),  # 6 is not divisible by 4
+    ((5, 7, 9, 11), PartitionSpec()),  # no axis divisible: replicated
+    ((4,), PartitionSpec()),  # too small to be worth splitting
+])
+def test_fsdp_splits_the_largest_axis_the_device_count_divides(shape, expected):
+  min_size = 16
+  assert parallel._fsdp_spec(shape, 4, min_size) == expected
+
+
+def test_batch_size_must_split_evenly_over_devices():
+  config = default.get_config()
+  config.train.batch_size = 6
+  with pytest.raises(ValueError, match=r"batch_size=6 is not divisible by the 4 devices.*"
+                                       r"e\.g\. 8"):
+    config_checks.check_devices(config, 4, 1)
+  config_checks.check_devices(config, 2, 1)
+
+
+def test_distributed_flags_go_together():
+  with pytest.raises(ValueError, match="go together.*num_processes=None"):
+    parallel.initialize(coordinator_address="localhost:1234", num_processes=None,
+                        process_id=0)
+  with pytest.raises(ValueError, match=r"--process_id=2 must be in \[0, 2\)"):
+    parallel.initialize(coordinator_address="localhost:1234", num_processes=2, process_id=2)
+
+
+def test_steps_on_four_devices_match_one_device_replicated_and_fsdp():
+  result = subprocess.run([sys.executable, os.path.join("tests", "train", "device_steps.py")],
+                          cwd=REPO, env=FOUR_DEVICES, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  runs = json.loads(result.stdout)
+  assert runs["single"]["devices"] == 4
+  assert runs["fsdp"]["split_leaves"] > 10 and runs["replicated"]["split_leaves"] == 0
+  for placement in ("replicated", "fsdp"):
+    np.testing.assert_allclose(runs[placement]["losses"], runs["single"]["losses"], rtol=1e-5)
+    for ours, single in zip(runs[placement]["params"], runs["single"]["params"]):
+      np.testing.assert_allclose(ours, single, atol=1e-4)
+
+
+@SHARES_TINY_RUN
+def test_program_on_four_devices_matches_one_device(tmp_path, cache_dir, finished_tiny_run):
+  workdir = tmp_path / "four"
+  command = [sys.executable, "-m", "train", f"--workdir={workdir}", *tiny_flags(cache_dir)]
+  result = subprocess.run(command, cwd=REPO, env=FOUR_DEVICES, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_allclose(_train_losses(workdir), _train_losses(finished_tiny_run),
+                             rtol=1e-5)
+  four = json.loads((workdir / "summary.json").read_text())["test"]
+  one = json.loads((finished_tiny_run / "summary.json").read_text())["test"]
+  assert four["dice"] == pytest.approx(one["dice"], abs=1e-3)
+
+
+def test_batch_size_that_the_devices_do_not_divide_fails_before_work(tmp_path, cache_dir):
+  command = [sys.executable, "-m", "train", f"--workdir={tmp_path / 'run'}",
+             *tiny_flags(cache_dir, **{"train.batch_size": 6})]
+  result = subprocess.run(command, cwd=REPO, env=FOUR_DEVICES, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode != 0
+  assert "batch_size=6 is not divisible by the 4 devices" in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_over_loopback_train_one_model(tmp_path, cache_dir):
+  config = default.get_config()
+  make_tiny(config, cache_dir)
+  for split in ("train", "validation", "test"):  # prepared once, not by both processes
+    datasets.open_split(config, split)
+  workdir = tmp_path / "two"
+  address = f"127.0.0.1:{_free_port()}"
+  processes = [
+      subprocess.Popen([sys.executable, "-m", "train", f"--workdir={workdir}",
+                        *tiny_flags(cache_dir), f"--coordinator_address={address}",
+                        "--num_processes=2", f"--process_id={i}"],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for process, (_, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  checksums = [re.search(r"process (\d) of 2: parameter checksum (\S+)", err).groups()
+               for _, err in outputs]
+  assert sorted(c[0] for c in checksums) == ["0", "1"]
+  assert checksums[0][1] == checksums[1][1]
+  assert sorted(p.name for p in workdir.glob("**/summary.json")) == ["summary.json"]
+  assert "test metrics" in outputs[0][0] and "test metrics" not in outputs[1][0]
+  assert len(_train_losses(workdir)) == 3  # one writer: no line twice
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]

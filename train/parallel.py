@@ -1,0 +1,166 @@
+"""Devices and hosts: one mesh over every device, the batch split along its ``data`` axis.
+
+The same program runs on a laptop, one accelerator or many hosts. JAX's SPMD partitioner
+inserts the communication; this module only says where each array lives:
+
+* the batch is sharded over ``data`` (each device holds ``global_batch / device_count``
+  examples, each process feeds the examples of its own devices);
+* parameters and optimiser state are replicated, or, with ``parallel.shard_params``, split
+  FSDP-style along their largest axis that the device count divides (for models whose
+  state does not fit one device several times over);
+* evaluation batches, which every process reads whole, are split when the device count
+  divides them and replicated otherwise (the last, smaller batch of a split).
+
+Because the computation is the same global program, the training losses do not depend on
+the device count beyond floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+# Arrays smaller than this stay replicated under shard_params: splitting a bias or a norm
+# scale saves nothing and costs a gather per use.
+MIN_SHARDED_SIZE = 2**14
+
+
+def _cluster_environment() -> str | None:
+  """The multi-process launcher visible in the environment, if any."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return "SLURM"
+  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "Open MPI"
+  if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    return "a multi-host TPU slice"
+  return None
+
+
+def initialize(*, coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Joins a multi-process run, before anything touches a device.
+
+  With ``coordinator_address`` (``HOST:PORT`` of process 0), ``num_processes`` and
+  ``process_id``: ``jax.distributed.initialize`` with them. Without them: the same with
+  JAX's cluster auto-detection when the environment describes a launcher (SLURM with
+  several tasks, Open MPI, a multi-host TPU slice, ``JAX_COORDINATOR_ADDRESS``), and nothing
+  (a single-process run) otherwise.
+  """
+  given = [coordinator_address, num_processes, process_id]
+  if any(v is not None for v in given) and any(v is None for v in given):
+    raise ValueError("--coordinator_address, --num_processes and --process_id go together; got "
+                     f"coordinator_address={coordinator_address!r}, "
+                     f"num_processes={num_processes!r}, process_id={process_id!r}.")
+  if coordinator_address is None:
+    launcher = _cluster_environment()
+    if launcher is None:
+      return
+    logging.info("joining the multi-process run described by %s", launcher)
+  elif not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} must be in [0, {num_processes}).")
+  # CPU devices of different processes talk through gloo; accelerators ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh named ``data`` over every device of every process."""
+  # Auto axes: the partitioner propagates shardings through the model code, which was not
+  # written with explicit sharding types.
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) axis split over ``data``."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def _fsdp_spec(shape: tuple[int, ...], devices: int, min_size: int) -> PartitionSpec:
+  if int(np.prod(shape)) < min_size:
+    return PartitionSpec()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % devices == 0:
+      return PartitionSpec(*([None] * axis + [DATA_AXIS]))
+  return PartitionSpec()
+
+
+def state_shardings(state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool,
+                    min_size: int = MIN_SHARDED_SIZE) -> Any:
+  """A ``NamedSharding`` per leaf of ``state``: replicated, or (``shard_params``) split
+  along the leaf's largest axis that the device count divides, for leaves of at least
+  ``min_size`` elements."""
+  def leaf(x):
+    if not shard_params:
+      return replicated(mesh)
+    return NamedSharding(mesh, _fsdp_spec(tuple(x.shape), mesh.size, min_size))
+  return jax.tree.map(leaf, state)
+
+
+def abstract(tree: Any, shardings: Any) -> Any:
+  """``jax.ShapeDtypeStruct`` leaves carrying ``shardings`` (what orbax restores into)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def put_state(state: Any, shardings: Any) -> Any:
+  """Places a state that every process computed identically (same seed) on the mesh."""
+  return jax.device_put(state, shardings)
+
+
+def put_train_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """A global batch from each process's share (``global / process_count`` examples)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def put_eval_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """A global batch from the whole batch, which every process holds."""
+  size = len(batch["label"])
+  sharding = batch_sharding(mesh) if size % mesh.size == 0 else replicated(mesh)
+  return {k: _from_whole(np.asarray(v), sharding) for k, v in batch.items()}
+
+
+def _from_whole(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+class StepShardings(NamedTuple):
+  """What a jitted step is told about where its inputs and outputs live."""
+  state: Any
+  batch: NamedSharding
+  replicated: NamedSharding
+
+
+def step_shardings(state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool,
+                   min_size: int = MIN_SHARDED_SIZE) -> StepShardings:
+  return StepShardings(
+      state_shardings(state, mesh, shard_params=shard_params, min_size=min_size),
+      batch_sharding(mesh), replicated(mesh))
+
+
+def local_checksum(tree: Any) -> float:
+  """Sum of every float in this process's first copy of each leaf (float64).
+
+  With replicated leaves every process holds the whole tree, so equal checksums across
+  processes say their replicas agree; logged at the end of training.
+  """
+  total = 0.0
+  for leaf in jax.tree.leaves(tree):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      total += float(np.sum(np.asarray(leaf.addressable_data(0), np.float64)))
+  return total
