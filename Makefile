@@ -29,9 +29,26 @@ compare: install
 	  --config.seeds=1 --config.base.data.name=imbalanced_shapes/binary \
 	  --config.base.loss.mode=binary
 
+# The train-step benchmark runs in .venv-bench (with torch, for the PyTorch comparison) when
+# `make bench-torch` has created it, else without the comparison.
 bench: install
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/pipeline.py
+	$(if $(wildcard .venv-bench/bin/python),.venv-bench/bin/python,$(PY)) benchmarks/train_step.py
+
+# The train step against PyTorch eager. torch goes into its own .venv-bench, never into .venv
+# or the package's dependencies. On a CPU-only machine the CPU wheel is far smaller:
+#   make bench-torch TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+.PHONY: bench-torch
+bench-torch: .venv-bench/.installed
+	.venv-bench/bin/python benchmarks/train_step.py
+
+.venv-bench/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet --upgrade pip
+	.venv-bench/bin/python -m pip install --quiet -e .
+	.venv-bench/bin/python -m pip install --quiet torch $(TORCH_PIP_ARGS)
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
