@@ -37,8 +37,8 @@ bench: install
 	$(if $(wildcard .venv-bench/bin/python),.venv-bench/bin/python,$(PY)) benchmarks/train_step.py
 
 # The train step against PyTorch eager. torch goes into its own .venv-bench, never into .venv
-# or the package's dependencies. On a CPU-only machine the CPU wheel is far smaller:
-#   make bench-torch TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# or the package's dependencies. On a CPU-only machine, PyTorch's CPU-only wheel index (see
+# its install page) is far smaller: make bench-torch TORCH_PIP_ARGS="--index-url <that index>"
 .PHONY: bench-torch
 bench-torch: .venv-bench/.installed
 	.venv-bench/bin/python benchmarks/train_step.py
@@ -51,4 +51,4 @@ bench-torch: .venv-bench/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-bench runs .pytest_cache
