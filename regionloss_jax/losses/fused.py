@@ -14,11 +14,18 @@ only per-pixel softmax statistics and a tiny ``(B, C)`` vector:
 So the forward pass only reduces, and the backward pass recomputes both softmaxes from the
 logits and writes the gradient in one fused elementwise sweep. Multiclass, integer labels,
 no class weights or label smoothing (``make_loss`` falls back to the generic path otherwise).
+
+Nothing of the logits' size is written but the gradient: the forward pass reads them three
+times (per-pixel max; both normalisers; per-image soft counts), the backward pass twice
+(normaliser and ``sum_k r_bk s^T_pk``; the gradient). Keeping it so on XLA:CPU takes the
+care described at :func:`_sums`, :func:`_image_sums`, :func:`_pixel_max` and in the
+comments: which fusions XLA forms decides whether intermediates of that size are written.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +43,101 @@ def _size_penalty(term, tau, tauhat):
   return region.db_from_proportions(tau, tauhat)
 
 
+def _sums(operands, axes):
+  """Sums of same-shape arrays over ``axes``, as one variadic reduction.
+
+  One pass computes every sum from shared producers. It also keeps the pass in XLA's own
+  reduce emitter, which fuses elementwise producers into the loop: XLA:CPU's YNNPACK reduce
+  fusion (on by default) takes single-operand sums only, and materialises their producers
+  (broadcasts of per-pixel or scalar values, one-hot targets) as full-size arrays first.
+  """
+  zeros = tuple(jnp.zeros((), a.dtype) for a in operands)
+  axes = tuple(a % operands[0].ndim for a in axes)
+  return jax.lax.reduce(tuple(operands), zeros,
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+
+
+def _image_sums(operands):
+  """Per-image sums over every pixel of same-shape ``(B, *spatial, C)`` arrays, ``(B, C)`` each.
+
+  XLA:CPU loops over the reduced elements once per output element, so summing all pixels
+  straight into ``C`` outputs walks the image ``C`` times with a stride of ``C``. Summing
+  blocks of 16 neighbouring pixels first (one block's ``16 x C`` values stay in L1) reads it
+  once; the ``(B, pixels / 16, C)`` partial sums left are small.
+  """
+  batch, num_classes = operands[0].shape[0], operands[0].shape[-1]
+  pixels = math.prod(operands[0].shape[1:-1])
+  block = math.gcd(pixels, 16)
+  partial = _sums(tuple(a.reshape(batch, pixels // block, block, num_classes)
+                        for a in operands), (2,))
+  return tuple(jnp.sum(p, axis=1) for p in partial)
+
+
+def _pixel_max(x):
+  """``max_k x_pk`` ``(B, *spatial)``, fenced off from its consumers.
+
+  Without the barrier XLA:CPU's YNNPACK reduce fusion also takes the shifted logits
+  ``x - max`` as an output, writing a full-size array.
+  """
+  return jax.lax.optimization_barrier(jnp.max(x, axis=-1))
+
+
+def _targets(labels, num_classes):
+  """Boolean one-hot ``(B, *spatial, C)``; an out-of-range label matches no class."""
+  return labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)
+
+
+def _class_counts(labels, valid, num_classes):
+  """Valid pixels per image and class, ``(B, C)``; an out-of-range label is in no class.
+
+  A scatter-add over the labels. Summing one-hot targets in the pass over the logits that
+  sums the soft counts made that pass about four times slower on XLA:CPU.
+  """
+  batch = labels.shape[0]
+  labels = labels.reshape(batch, -1)
+  # Bin ``C`` of each image collects its out-of-range labels; flat indices keep the
+  # scatter one-dimensional (two-dimensional ones are written out as index pairs first).
+  bins = jnp.where((labels >= 0) & (labels < num_classes), labels, num_classes)
+  bins = bins + (num_classes + 1) * jnp.arange(batch, dtype=bins.dtype)[:, None]
+  counts = jnp.zeros(batch * (num_classes + 1), jnp.float32).at[bins.reshape(-1)].add(
+      valid.reshape(-1))
+  return counts.reshape(batch, num_classes + 1)[:, :num_classes]
+
+
 def _statistics(x, labels, valid, temperature):
-  """Per-image reductions: CE sum, pixel counts, class counts and soft tempered counts."""
+  r"""One read of ``x`` per pass; only per-pixel and ``(B, C)`` arrays are written.
+
+  Args:
+    x: float32 logits ``(B, *spatial, C)``.
+    labels: integer ``(B, *spatial)``.
+    valid: float32 ``(B, *spatial)``.
+    temperature: float32 scalar ``T``.
+
+  Returns:
+    ``nll_sum`` (scalar, :math:`\sum_V -\log s_{py_p}` over in-range labels); ``counts``,
+    ``class_counts`` and ``soft_counts``, each ``(B, C)``: :math:`|V_b|` (in every column),
+    :math:`\sum_V g_{pk}` and :math:`\sum_V s^T_{pk}`; and the per-pixel ``(B, *spatial)``
+    pair ``(max_k x_pk, log sum_k exp(x_pk - max))`` that the backward pass reuses.
+  """
   num_classes = x.shape[-1]
-  axes = inputs.spatial_axes(x)
+  hit = _targets(labels, num_classes)
   in_range = (labels >= 0) & (labels < num_classes)
-  safe_labels = jnp.where(in_range, labels, 0)
-  true_logit = jnp.take_along_axis(x, safe_labels[..., None], axis=-1)[..., 0]
-  nll = (jax.nn.logsumexp(x, axis=-1) - true_logit) * (valid * in_range)
-  tempered = jax.nn.softmax(x * temperature, axis=-1) * valid[..., None]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * valid[..., None]
-  counts = jnp.sum(valid.reshape(valid.shape[0], -1), axis=1)[:, None]
-  return jnp.sum(nll), counts, jnp.sum(targets, axis=axes), jnp.sum(tempered, axis=axes)
+  m = _pixel_max(x)
+  shifted = x - m[..., None]
+  sum_exp, sum_exp_t, true_shifted = _sums(
+      (jnp.exp(shifted), jnp.exp(temperature * shifted), jnp.where(hit, shifted, 0.0)), (-1,))
+  nll = (jnp.log(sum_exp) - true_shifted) * jnp.where(in_range, valid, 0.0)
+  # Normalised inside the exponent, so this exp is not the one summed above and XLA
+  # cannot share (and so materialise) it between the two passes.
+  tempered = jnp.exp(temperature * shifted - jnp.log(sum_exp_t)[..., None]) * valid[..., None]
+  # ``counts`` comes out ``(B, C)`` rather than ``(B, 1)`` for the backward pass: dividing
+  # by an array (XLA turns a division by a broadcast into a cheap multiplication) keeps the
+  # region factor ``r`` expensive enough that XLA computes it once. Otherwise, for ``l1``,
+  # whose derivative is all cheap ops, XLA fuses the ``(B, C)`` computation into the
+  # per-pixel loops and repeats it for every pixel.
+  soft_counts, counts = _image_sums((tempered, jnp.broadcast_to(valid[..., None], x.shape)))
+  class_counts = _class_counts(labels, valid, num_classes)
+  return jnp.sum(nll), counts, class_counts, soft_counts, (m, jnp.log(sum_exp))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -57,33 +147,47 @@ def _ce_and_region(term, x, labels, valid, temperature):
 
 def _forward(term, x, labels, valid, temperature):
   xf = x.astype(jnp.float32)
-  nll_sum, counts, class_counts, soft_counts = _statistics(xf, labels, valid, temperature)
-  total = jnp.sum(counts)
+  nll_sum, counts, class_counts, soft_counts, shifts = _statistics(xf, labels, valid,
+                                                                   temperature)
+  total = jnp.sum(counts[:, 0])
   ce = nll_sum / jnp.maximum(total, 1.0)
   tau = (class_counts + region.EPS) / (counts + region.EPS)
   tauhat = (soft_counts + region.EPS) / (counts + region.EPS)
   penalty, penalty_vjp = jax.vjp(lambda t: _size_penalty(term, tau, t), tauhat)
   (dpenalty_dtauhat,) = penalty_vjp(jnp.ones_like(penalty))
-  residuals = (x, labels, valid, temperature, total, counts, dpenalty_dtauhat)
+  residuals = (x, labels, valid, temperature, total, counts, dpenalty_dtauhat, shifts)
   return (ce, penalty), residuals
 
 
 def _backward(term, residuals, cotangents):
+  r"""Two passes over ``x``: the per-pixel sums, then the gradient, written once.
+
+  With :math:`r_{bk}` the region factor of the module docstring (scaled by the cotangent),
+  :math:`\partial/\partial x_{pj} = v_p [\bar{c} \, [0 \le y_p < C] (s_{pj} - g_{pj}) / |V|
+  + s^T_{pj} (r_{bj} - \sum_k r_{bk} s^T_{pk})]`.
+  """
   del term  # its derivative is already in the residuals
-  x, labels, valid, temperature, total, counts, dpenalty_dtauhat = residuals
+  x, labels, valid, temperature, total, counts, dpenalty_dtauhat, shifts = residuals
   ce_bar, penalty_bar = cotangents
+  broadcast = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)
+  r = (dpenalty_dtauhat * (penalty_bar * temperature) / (counts + region.EPS))[broadcast]
+  # The forward pass computed the same expressions from the same values: without the
+  # barrier XLA merges them, and an exp shared by two fusions is written out at full size.
+  x, (m, log_sum_exp) = jax.lax.optimization_barrier((x, shifts))
   xf = x.astype(jnp.float32)
   num_classes = x.shape[-1]
-  broadcast = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  ce_grad = (jax.nn.softmax(xf, axis=-1) - targets) * (ce_bar / jnp.maximum(total, 1.0))
-  # An out-of-range label is a valid pixel with an all-zero target: it adds nothing to CE.
-  in_range = jnp.sum(targets, axis=-1, keepdims=True)
-  tempered = jax.nn.softmax(xf * temperature, axis=-1)
-  r = (dpenalty_dtauhat * (penalty_bar * temperature) / (counts + region.EPS))[broadcast]
-  region_grad = tempered * (r - jnp.sum(r * tempered, axis=-1, keepdims=True))
-  grad = (ce_grad * in_range + region_grad) * valid[..., None]
-  return (grad.astype(x.dtype), None, None, jnp.zeros_like(temperature))
+  shifted = xf - m[..., None]
+  exp_t = jnp.exp(temperature * shifted)
+  sum_exp_t, r_exp_t = _sums((exp_t, r * exp_t), (-1,))
+  # Recomputed from the normalisers rather than reused from the sums above, for the same
+  # reason as in the forward pass: a shared exp would be written out.
+  probs = jnp.exp(shifted - log_sum_exp[..., None])
+  tempered = jnp.exp(temperature * shifted - jnp.log(sum_exp_t)[..., None])
+  in_range = (labels >= 0) & (labels < num_classes)
+  ce_scale = jnp.where(in_range, valid, 0.0) * (ce_bar / jnp.maximum(total, 1.0))
+  ce_grad = (probs - _targets(labels, num_classes)) * ce_scale[..., None]
+  region_grad = tempered * (r - (r_exp_t / sum_exp_t)[..., None]) * valid[..., None]
+  return ((ce_grad + region_grad).astype(x.dtype), None, None, jnp.zeros_like(temperature))
 
 
 _ce_and_region.defvjp(_forward, _backward)

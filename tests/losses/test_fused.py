@@ -66,3 +66,18 @@ def test_make_loss_uses_the_fused_path_only_where_it_applies():
   assert fused.select(("ce", "kl"), [{"label_smoothing": 0.1}, {}]) is None
   assert fused.select(("focal", "kl"), [{}, {}]) is None
   assert fused.select(("ce", "dice"), [{}, {}]) is None
+
+
+@pytest.mark.parametrize("term", ["l1", "kl", "db"])
+def test_fused_step_writes_nothing_of_the_logits_size_but_the_gradient(term):
+  shape = (2, 64, 128, 19)
+  logits = jax.ShapeDtypeStruct(shape, jnp.float32)
+  labels = jax.ShapeDtypeStruct(shape[:-1], jnp.int32)
+  fn = losses.make_loss(f"ce+{term}", ignore_index=IGNORE, temperature=10.0)
+  step = jax.jit(jax.grad(lambda x, y: fn(x, y)[0]))
+  analysis = step.lower(logits, labels).compile().memory_analysis()
+  if analysis is None:
+    pytest.skip("this backend reports no memory analysis")
+  # Per-pixel statistics take about 1/C of the logits each; one full-size temporary
+  # (a softmax, one-hot targets, shifted logits) would take all of it.
+  assert analysis.temp_size_in_bytes < 0.5 * logits.size * 4
