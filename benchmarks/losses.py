@@ -78,8 +78,8 @@ def main():
   print(f"device: {jax.devices()[0].device_kind}  shape {shape} float32")
   print(f"memory floor (read + write {gigabytes:.2f} GB): {floor_ms:.4g} ms "
         f"({gigabytes / floor_ms * 1e3:.1f} GB/s)\n")
-  print(f"| loss | ms | x floor | x straightforward | scratch MB | straightforward MB |")
-  print(f"|---|---|---|---|---|---|")
+  print("| loss | ms | x floor | x straightforward | scratch MB | straightforward MB |")
+  print("|---|---|---|---|---|---|")
   for second in registry.SECOND_TERMS:
     for first in registry.FIRST_TERMS:
       name = f"{first}+{second}"

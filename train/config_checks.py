@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from regionloss_jax import data as rl_data
 from regionloss_jax import losses
 from train.configs import base
 
