@@ -131,7 +131,8 @@ class ConvBlock(nnx.Module):
 class Upsample(nnx.Module):
     """Doubles every spatial size and maps ``in_features -> out_features`` channels.
 
-    ``mode="transpose"``: a 2x2(x2) transposed convolution with stride 2.
+    ``mode="transpose"``: a 2x2(x2) transposed convolution with stride 2 (the parameters of an
+    ``nnx.ConvTranspose``, computed by :func:`transposed_conv2`).
     ``mode="resize"``: (bi/tri)linear resize by 2 then a 3x3(x3) convolution (resize-convolution,
     which avoids the checkerboard artefacts transposed convolutions can produce).
     """
@@ -171,7 +172,36 @@ class Upsample(nnx.Module):
             batch, *spatial, channels = x.shape
             target = (batch, *(2 * s for s in spatial), channels)
             x = jax.image.resize(x, target, method="linear")
-        return self.conv(x)
+            return self.conv(x)
+        # The parameters stay nnx.ConvTranspose's (same names and shapes in checkpoints).
+        x, kernel, bias = self.conv.promote_dtype(
+            (x, self.conv.kernel[...], self.conv.bias[...]), dtype=self.conv.dtype
+        )
+        return transposed_conv2(x, kernel) + bias
+
+
+def transposed_conv2(x: Array, kernel: Array) -> Array:
+    """The 2x2(x2) transposed convolution with stride 2 of ``nnx.ConvTranspose``, as one product.
+
+    ``x: (B, *spatial, C_in)``, ``kernel: (2,) * n + (C_in, C_out)`` -> ``(B, *2 spatial, C_out)``.
+    When the stride equals the kernel size the output blocks do not overlap: input pixel ``i``
+    alone writes the block at ``2 i``, ``y[2 i + a] = x[i] @ kernel[1 - a]`` per spatial axis
+    (lax's transposed convolution flips the kernel). A matrix product and a depth-to-space
+    reshape give the convolution form's values (to rounding); its kernel gradient XLA:CPU runs
+    on a generic dilated-convolution path about ten times slower than a product.
+    """
+    batch, *spatial, in_features = x.shape
+    n = len(spatial)
+    out_features = kernel.shape[-1]
+    flipped = kernel[(slice(None, None, -1),) * n]
+    # (C_in, 2, .., 2, C_out) -> (C_in, 2**n C_out): each pixel's whole output block at once.
+    weights = jnp.moveaxis(flipped, n, 0).reshape(in_features, -1)
+    blocks = (x.reshape(-1, in_features) @ weights).reshape(
+        batch, *spatial, *(2,) * n, out_features
+    )
+    # (B, s_1.., s_n, a_1.., a_n, C) -> (B, s_1, a_1, .., s_n, a_n, C): interleave the offsets.
+    order = [0] + [axis for i in range(n) for axis in (1 + i, 1 + n + i)] + [1 + 2 * n]
+    return blocks.transpose(order).reshape(batch, *(2 * s for s in spatial), out_features)
 
 
 def max_pool2(x: Array) -> Array:

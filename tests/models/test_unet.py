@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from regionloss_jax.models import UNet, deep_supervision_loss, deep_supervision_weights
+from regionloss_jax.models.unet import Upsample, transposed_conv2
 
 
 def fast_rngs(seed: int = 0) -> nnx.Rngs:
@@ -62,6 +63,48 @@ def test_concrete_forward_2d_is_finite_float32():
     logits = model(jnp.ones((2, 16, 16, 1)))
     assert logits.shape == (2, 16, 16, 3) and logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The stride-2 transposed convolution, computed as a matrix product
+
+
+def test_transposed_conv2_by_hand_flips_the_kernel():
+    # One input pixel of value 1 writes the flipped 2x2 kernel: y[a, b] = kernel[1 - a, 1 - b].
+    kernel = jnp.arange(1.0, 5.0).reshape(2, 2, 1, 1)  # [[1, 2], [3, 4]]
+    out = transposed_conv2(jnp.ones((1, 1, 1, 1)), kernel)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[4.0, 3.0], [2.0, 1.0]])
+
+
+@pytest.mark.parametrize("spatial", [(3, 5), (2, 3, 4)])
+def test_transposed_conv2_matches_lax_conv_transpose_and_its_gradients(spatial):
+    # lax.conv_transpose is what nnx.ConvTranspose computes: values and both gradients agree.
+    n = len(spatial)
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, *spatial, 6))
+    kernel = jax.random.normal(kk, (2,) * n + (6, 4))
+    cotangent = jax.random.normal(kg, (2, *(2 * s for s in spatial), 4))
+    layout = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}[n]
+
+    def reference(x, kernel):
+        return jax.lax.conv_transpose(x, kernel, (2,) * n, "SAME", dimension_numbers=layout)
+
+    out, vjp = jax.vjp(transposed_conv2, x, kernel)
+    expected, expected_vjp = jax.vjp(reference, x, kernel)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(cotangent), expected_vjp(cotangent), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+def test_transpose_upsample_equals_its_conv_transpose_module(dtype):
+    # The parameters are nnx.ConvTranspose's, so checkpoints of either form load into the other.
+    up = Upsample(6, 4, spatial_dims=2, dtype=dtype, rngs=fast_rngs())
+    x = jax.random.normal(jax.random.key(1), (2, 4, 6, 6))
+    got, want = up(x), up.conv(x)
+    assert got.dtype == want.dtype and got.shape == (2, 8, 12, 4)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                               rtol=1e-2 if dtype else 1e-6, atol=1e-2 if dtype else 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
