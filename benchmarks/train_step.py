@@ -16,9 +16,11 @@ large matrix product in the compute dtype measured in the same run (said in the 
 With ``torch`` importable, the same U-Net, loss and optimiser in PyTorch eager
 (``benchmarks/torch_unet.py``) are timed on the same device and shapes, alternating with the
 JAX step so that a busy machine slows both alike; ``make bench-torch`` sets that up.
+The JAX step runs with the XLA flags the train program sets (``train/xla_flags.py``);
+``--no-xla-defaults`` leaves them out, to measure what they change.
 
     python benchmarks/train_step.py [--preset default|large] [--batch 16] [--size 128]
-        [--steps 10] [--rounds 2] [--no-torch]
+        [--steps 10] [--rounds 2] [--no-torch] [--no-xla-defaults]
 """
 
 import argparse
@@ -31,6 +33,7 @@ import numpy as np
 
 from train import optim
 from train import step as step_lib
+from train import xla_flags
 from train.configs import default
 
 # imbalanced_shapes/multiclass: RGB images, 5 classes (background, organ, cyst, vessel, nodule).
@@ -161,7 +164,12 @@ def parse_args():
   parser.add_argument("--rounds", type=int, default=2,
                       help="alternating JAX / PyTorch rounds; each row reports the best round")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+  parser.add_argument("--no-xla-defaults", action="store_true",
+                      help="leave XLA_FLAGS as they are instead of adding the train program's "
+                           "(train/xla_flags.py)")
   args = parser.parse_args()
+  if not args.no_xla_defaults:
+    xla_flags.set_defaults()  # before the device query below opens the backend
   preset = PRESETS[args.preset]
   on_cpu = jax.devices()[0].platform == "cpu"
   for name in ("batch", "steps"):

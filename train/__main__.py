@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from train import cli, loop, parallel, reporting
+from train import cli, loop, parallel, reporting, xla_flags
 
 
 FIELDS_FILE = "train/configs/base.py"
@@ -30,6 +30,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, fr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  xla_flags.set_defaults()
   parallel.initialize(coordinator_address=_COORDINATOR.value,
                       num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   reporting.setup_logging()

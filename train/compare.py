@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from train import cli, loop, reporting
+from train import cli, loop, reporting, xla_flags
 from train import compare_figures as figures
 from train.configs import base as base_config
 
@@ -188,6 +188,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  xla_flags.set_defaults()
   reporting.setup_logging()
   run_study(_CONFIG.value, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, "report.md")) as f:

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from train import checkpoints, config_checks, datasets, evaluation, optim
+from train import checkpoints, config_checks, datasets, evaluation, optim, xla_flags
 from train import step as step_lib
 from train.loop import CONFIG_FILE
 
@@ -82,6 +82,7 @@ def evaluate_checkpoint(workdir: str, *, split: str = "test", checkpoint: str = 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  xla_flags.set_defaults()  # the same XLA as training, so the same numbers
   summary = evaluate_checkpoint(_WORKDIR.value, split=_SPLIT.value,
                                 checkpoint=_CHECKPOINT.value, out=_OUT.value)
   print(json.dumps({k: v for k, v in summary.items() if k != "per_class"}, indent=2))
