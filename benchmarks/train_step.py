@@ -10,17 +10,19 @@ CE + 0.1 KL, clipped Adam) on a synthetic batch shaped like ``imbalanced_shapes/
 * ``--preset large``: 64 base features, 512x512, bfloat16, batch 8 (sized for a GPU; on a CPU
   it runs at batch 1 with 2 timed steps unless ``--batch`` / ``--steps`` say otherwise).
 
-FLOPs per step are XLA's cost analysis of the compiled step. The peak they are compared with
-is the dense peak of the GPU model from a small table, or, on a CPU (or an unknown GPU), a
-large matrix product in the compute dtype measured in the same run (said in the output).
+FLOPs per step are XLA's cost analysis of the lowered (global) step. The peak they are
+compared with is the dense peak of the GPU model from a small table, or, on a CPU (or an
+unknown GPU), a large matrix product in the compute dtype measured in the same run (said in
+the output).
 With ``torch`` importable, the same U-Net, loss and optimiser in PyTorch eager
 (``benchmarks/torch_unet.py``) are timed on the same device and shapes, alternating with the
 JAX step so that a busy machine slows both alike; ``make bench-torch`` sets that up.
 The JAX step runs with the XLA flags the train program sets (``train/xla_flags.py``);
-``--no-xla-defaults`` leaves them out, to measure what they change.
+``--no-xla-defaults`` leaves them out, to measure what they change. ``--cpu-devices N`` runs
+the CPU as N devices with the batch split over them, as ``config.parallel.cpu_devices``.
 
     python benchmarks/train_step.py [--preset default|large] [--batch 16] [--size 128]
-        [--steps 10] [--rounds 2] [--no-torch] [--no-xla-defaults]
+        [--steps 10] [--rounds 2] [--cpu-devices 1] [--no-torch] [--no-xla-defaults]
 """
 
 import argparse
@@ -31,9 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train import optim
+from train import optim, parallel, xla_flags
 from train import step as step_lib
-from train import xla_flags
 from train.configs import default
 
 # imbalanced_shapes/multiclass: RGB images, 5 classes (background, organ, cyst, vessel, nodule).
@@ -90,14 +91,23 @@ def synthetic_batch(batch, size, seed=0):
 
 
 class JaxStep:
-  """The train program's jitted step; calling it advances a private (donated) state."""
+  """The train program's jitted step, placed on the mesh of every device as the program does
+  (the batch split over ``data``); calling it advances a private (donated) state."""
 
   def __init__(self, config):
     model = step_lib.make_model(config, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES,
                                 seed=0)
     optimizer = optim.make_optimizer(config)
-    graphdef, _, self.state = step_lib.init_state(model, optimizer)
-    self.step = step_lib.make_train_step(config, graphdef, optimizer)
+    graphdef, _, state = step_lib.init_state(model, optimizer)
+    self.mesh = parallel.make_mesh()
+    shardings = parallel.step_shardings(state, self.mesh,
+                                        shard_params=config.parallel.shard_params)
+    self.state = parallel.put_state(state, shardings.state)
+    self.step = step_lib.make_train_step(config, graphdef, optimizer, shardings)
+
+  def put(self, batch):
+    """The batch on the mesh, split over its devices."""
+    return parallel.put_train_batch({k: np.asarray(v) for k, v in batch.items()}, self.mesh)
 
   def flops(self, batch):
     """FLOPs of one step from XLA's cost analysis of the step as lowered, before the backend
@@ -164,12 +174,15 @@ def parse_args():
   parser.add_argument("--rounds", type=int, default=2,
                       help="alternating JAX / PyTorch rounds; each row reports the best round")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+  parser.add_argument("--cpu-devices", type=int, default=1,
+                      help="run the CPU as this many devices, as config.parallel.cpu_devices")
   parser.add_argument("--no-xla-defaults", action="store_true",
                       help="leave XLA_FLAGS as they are instead of adding the train program's "
                            "(train/xla_flags.py)")
   args = parser.parse_args()
   if not args.no_xla_defaults:
     xla_flags.set_defaults()  # before the device query below opens the backend
+  parallel.split_cpu(args.cpu_devices)
   preset = PRESETS[args.preset]
   on_cpu = jax.devices()[0].platform == "cpu"
   for name in ("batch", "steps"):
@@ -188,14 +201,17 @@ def main():
                        precision=args.precision, depth=args.depth)
   depth = config.model.depth
   batch = synthetic_batch(args.batch, args.size)
-  print(f"device: {device.device_kind} ({device.platform}, {os.cpu_count()} CPUs), "
+  print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform}, "
+        f"{os.cpu_count()} CPUs), "
         f"jax {jax.__version__}")
   print(f"preset {args.preset}: U-Net depth {depth}, {args.features} base features, "
         f"batch {args.batch}, {args.size}x{args.size}x{IN_CHANNELS}, {args.precision}, "
         f"loss {config.loss.name}, {config.optimizer.name}; median of {args.steps} steps")
+  print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'}")
 
   jax_step = JaxStep(config)
-  flops = jax_step.flops(batch)
+  batch = jax_step.put(batch)
+  flops = jax_step.flops(batch)  # the lowered global program: every device's share together
   # The first call compiles (an AOT .compile() would not fill jit's cache and compile twice).
   start = time.perf_counter()
   jax.block_until_ready(jax_step(batch))

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from train import cli, loop, reporting, xla_flags
+from train import cli, loop, parallel, reporting, xla_flags
 from train import compare_figures as figures
 from train.configs import base as base_config
 
@@ -189,6 +189,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_flags.set_defaults()
+  parallel.split_cpu(_CONFIG.value.base.parallel.cpu_devices)
   reporting.setup_logging()
   run_study(_CONFIG.value, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, "report.md")) as f:

@@ -27,7 +27,7 @@ def _choice(field: str, value, choices) -> None:
 
 
 def _positive(field: str, value) -> None:
-  if not isinstance(value, int) or value < 1:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise ValueError(f"config.{field} must be a positive integer, got {value!r}.")
 
 
@@ -79,6 +79,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ValueError`` for anything that cannot work, before data or compilation."""
   _choice("data.name", config.data.name, DATASETS)
   _choice("precision", config.precision, PRECISIONS)
+  _positive("parallel.cpu_devices", config.parallel.cpu_devices)
   _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
   _choice("optimizer.schedule", config.optimizer.schedule, LR_SCHEDULES)
   _choice("loss.weight_schedule.kind", config.loss.weight_schedule.kind, WEIGHT_SCHEDULES)
@@ -118,7 +119,9 @@ def check_devices(config: ml_collections.ConfigDict, device_count: int,
         f"config.train.batch_size={config.train.batch_size} is not divisible by the "
         f"{device_count} devices ({process_count} process(es)); the batch is split evenly "
         f"over them. Use a multiple of {device_count}, e.g. "
-        f"{device_count * max(1, round(config.train.batch_size / device_count))}.")
+        f"{device_count * max(1, round(config.train.batch_size / device_count))}"
+        + (f", or lower parallel.cpu_devices (now {config.parallel.cpu_devices})."
+           if config.parallel.cpu_devices > 1 else "."))
 
 
 def check_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> None:

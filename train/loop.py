@@ -131,6 +131,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         overwrite: bool) -> dict:
   config_checks.check_config(config)
   config_checks.check_devices(config, jax.device_count(), jax.process_count())
+  logging.info("%d device(s) (%s), %d process(es)", jax.device_count(),
+               jax.devices()[0].device_kind, jax.process_count())
   lead = jax.process_index() == 0
   _check_workdir(config, workdir, overwrite)
   summary_path = os.path.join(workdir, SUMMARY_FILE)

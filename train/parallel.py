@@ -72,6 +72,21 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
+def split_cpu(devices: int) -> None:
+  """Runs JAX's CPU backend as ``devices`` devices (``parallel.cpu_devices``), so that a
+  CPU-only run is data parallel over the host's cores like over accelerators.
+
+  Call before anything touches a device. A device count already in ``XLA_FLAGS``
+  (``--xla_force_host_platform_device_count``) wins; ``devices=1`` (JAX's default) does
+  nothing. Accelerator backends are unaffected: their devices make the mesh.
+  """
+  if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+    raise ValueError(f"config.parallel.cpu_devices must be a positive integer, got {devices!r}.")
+  if devices == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return
+  jax.config.update("jax_num_cpu_devices", devices)
+
+
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh named ``data`` over every device of every process."""
   # Auto axes: the partitioner propagates shardings through the model code, which was not

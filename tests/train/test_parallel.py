@@ -17,6 +17,7 @@ from train import config_checks, datasets, parallel
 from train.configs import default
 
 FOUR_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+NO_XLA_FLAGS = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 
 def _train_losses(workdir):
@@ -33,6 +34,38 @@ def _train_losses(workdir):
 def test_fsdp_splits_the_largest_axis_the_device_count_divides(shape, expected):
   min_size = 16
   assert parallel._fsdp_spec(shape, 4, min_size) == expected
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "2"])
+def test_cpu_devices_must_be_a_positive_integer(value):
+  with pytest.raises(ValueError, match=r"config\.parallel\.cpu_devices must be a positive"):
+    parallel.split_cpu(value)
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_config_check_rejects_cpu_devices_below_one(value):
+  config = default.get_config()  # the typed ConfigDict itself refuses non-integers
+  config.parallel.cpu_devices = value
+  with pytest.raises(ValueError, match=r"config\.parallel\.cpu_devices must be a positive"):
+    config_checks.check_config(config)
+
+
+_SPLIT = """
+import jax
+from train import parallel
+parallel.split_cpu(2)
+print(jax.device_count())
+"""
+
+
+def test_split_cpu_sets_the_device_count_unless_xla_flags_already_do():
+  def devices(env):
+    done = subprocess.run([sys.executable, "-c", _SPLIT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout)
+  assert devices(NO_XLA_FLAGS) == 2
+  assert devices(FOUR_DEVICES) == 4
 
 
 def test_batch_size_must_split_evenly_over_devices():
@@ -68,11 +101,14 @@ def test_steps_on_four_devices_match_one_device_replicated_and_fsdp():
 
 @SHARES_TINY_RUN
 def test_program_on_four_devices_matches_one_device(tmp_path, cache_dir, finished_tiny_run):
+  # The CPU split into 4 devices by the config (parallel.cpu_devices), as a user does it.
   workdir = tmp_path / "four"
-  command = [sys.executable, "-m", "train", f"--workdir={workdir}", *tiny_flags(cache_dir)]
-  result = subprocess.run(command, cwd=REPO, env=FOUR_DEVICES, capture_output=True,
+  command = [sys.executable, "-m", "train", f"--workdir={workdir}",
+             *tiny_flags(cache_dir, **{"parallel.cpu_devices": 4})]
+  result = subprocess.run(command, cwd=REPO, env=NO_XLA_FLAGS, capture_output=True,
                           text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "4 device(s)" in result.stderr, result.stderr[-3000:]
   np.testing.assert_allclose(_train_losses(workdir), _train_losses(finished_tiny_run),
                              rtol=1e-5)
   four = json.loads((workdir / "summary.json").read_text())["test"]
