@@ -2,10 +2,11 @@
 
 XLA:CPU (jaxlib 0.10) hands large convolutions to YNNPACK. For a U-Net's training step that is
 a loss: the kernel gradients (convolutions that contract the batch and spatial axes) run
-several times slower there than on XLA's own Eigen path. On the project's 2-core CPU the default
-train step took about 615 ms with YNNPACK convolutions and about 480 ms without
-(``benchmarks/train_step.py``). Only convolutions leave YNNPACK; its dots and elementwise fusions
-stay. The flags touch only the CPU backend, so GPU and TPU runs are unchanged.
+several times slower there than on XLA's own Eigen path. On the project's 2-core CPU, two
+pairs of timings of the default jitted train step gave 620 and 608 ms with YNNPACK
+convolutions, 482 and 477 ms without (the README's Performance section has the rest). Only
+convolutions leave YNNPACK; its dots and elementwise fusions stay. The flags touch only the
+CPU backend, so GPU and TPU runs are unchanged.
 
 A flag the user already put in ``XLA_FLAGS`` wins: e.g.
 ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`` keeps YNNPACK's
