@@ -31,13 +31,20 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
                                options=options)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  # One program and one host sync for the whole state: eager per-leaf checks compiled two
+  # small programs per parameter shape, about 3 s per run on this project's 2-core CPU.
+  checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
          val_dice: float | None = None) -> bool:
   """Saves checkpoint ``step``; refuses (returns False, logs why) a state that holds a
   non-finite number, so that a resumed run never starts from one."""
-  finite = all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state)
-               if jnp.issubdtype(leaf.dtype, jnp.floating))
-  if not finite:
+  if not bool(_all_finite(state)):
     logging.warning("step %d: the state holds non-finite values; checkpoint not written", step)
     return False
   args = ocp.args.Composite(state=ocp.args.StandardSave(state),

@@ -30,13 +30,13 @@ class TrainState(NamedTuple):
 def make_model(config: ml_collections.ConfigDict, *, in_channels: int, num_classes: int,
                seed: int) -> models.UNet:
   m = config.model
-  return models.UNet(
+  return models.compiled_init(lambda: models.UNet(
       in_channels, config_checks.model_channels(config, num_classes),
       spatial_dims=m.spatial_dims, depth=m.depth, features=m.features,
       max_features=m.max_features, norm=m.norm, activation=m.activation,
       dropout_rate=m.dropout_rate, upsample=m.upsample, deep_supervision=m.deep_supervision,
       dtype=jnp.bfloat16 if config.precision == "bfloat16" else None,
-      rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+      rngs=nnx.Rngs(params=seed, dropout=seed + 1)))
 
 
 def init_state(model: models.UNet, optimizer: optax.GradientTransformation):
@@ -46,7 +46,9 @@ def init_state(model: models.UNet, optimizer: optax.GradientTransformation):
   model.eval()
   eval_graphdef = nnx.graphdef(model)
   model.train()
-  state = TrainState(jnp.zeros((), jnp.int32), params, rest, optimizer.init(params))
+  # One program, not one eager zeros per parameter shape.
+  opt_state = jax.jit(optimizer.init)(params)
+  state = TrainState(jnp.zeros((), jnp.int32), params, rest, opt_state)
   return train_graphdef, eval_graphdef, state
 
 

@@ -1,5 +1,6 @@
 """Flax NNX segmentation models (2-D and 3-D U-Net) and deep-supervision helpers."""
 
+from regionloss_jax.models.compiled_init import compiled_init
 from regionloss_jax.models.unet import (
     ConvBlock,
     UNet,
@@ -13,6 +14,7 @@ __all__ = [
     "ConvBlock",
     "UNet",
     "Upsample",
+    "compiled_init",
     "deep_supervision_loss",
     "deep_supervision_weights",
     "stage_widths",
