@@ -42,16 +42,8 @@ def _scratch_mb(fn, *args):
 
 def _straightforward(name, options):
   """``a + weight * b`` from the plain term functions, differentiated by ``jax.grad``."""
-  first, second = name.split("+")
-  term_options = [{k: v for k, v in options.items()
-                   if k in registry._COMMON_OPTIONS or k in registry._TERMS[p].options}
-                  for p in (first, second)]
-
-  def loss(logits, labels):
-    return (registry._TERMS[first].fn(logits, labels, **term_options[0])
-            + options["weight"] * registry._TERMS[second].fn(logits, labels, **term_options[1]))
-
-  return jax.jit(jax.grad(loss))
+  fn = losses.make_loss(name, fused_kernel=False, **options)
+  return jax.jit(jax.grad(lambda logits, labels: fn(logits, labels)[0]))
 
 
 def main():

@@ -26,6 +26,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
+from train import xla_flags
+
 DATA_AXIS = "data"
 # Arrays smaller than this stay replicated under shard_params: splitting a bias or a norm
 # scale saves nothing and costs a gather per use.
@@ -82,7 +84,7 @@ def split_cpu(devices: int) -> None:
   """
   if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
     raise ValueError(f"config.parallel.cpu_devices must be a positive integer, got {devices!r}.")
-  if devices == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+  if devices == 1 or "xla_force_host_platform_device_count" in xla_flags.names():
     return
   jax.config.update("jax_num_cpu_devices", devices)
 

@@ -16,10 +16,15 @@ convolutions.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 # name -> value; "-x" removes x from XLA's default list.
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+
+
+def names(environ: Mapping[str, str] = os.environ) -> set[str]:
+  """The flag names set in ``environ["XLA_FLAGS"]`` (``--name=value`` or ``--name``)."""
+  return {flag.lstrip("-").split("=", 1)[0] for flag in environ.get("XLA_FLAGS", "").split()}
 
 
 def set_defaults(environ: MutableMapping[str, str] = os.environ) -> str:
@@ -28,8 +33,8 @@ def set_defaults(environ: MutableMapping[str, str] = os.environ) -> str:
   XLA reads the variable once, when JAX opens its first backend: call this before the first
   computation or device query (importing jax is fine). Returns the resulting ``XLA_FLAGS``.
   """
+  present = names(environ)
   flags = environ.get("XLA_FLAGS", "").split()
-  present = {flag.lstrip("-").split("=", 1)[0] for flag in flags}
   flags += [f"--{name}={value}" for name, value in CPU_FLAGS.items() if name not in present]
   environ["XLA_FLAGS"] = " ".join(flags)
   return environ["XLA_FLAGS"]

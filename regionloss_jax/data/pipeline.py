@@ -133,6 +133,7 @@ def make_pipeline(
   ds = grain.MapDataset.source(data.source)
   ds = ds[shard_index: per_shard * shard_count: shard_count]
   if train:
+    seed = shard_seed(seed, shard_index)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.random_map(lambda ex, rng: preprocess_example(ex, rng, **options), seed=seed)
   else:
@@ -141,6 +142,19 @@ def make_pipeline(
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
   return ds.to_iter_dataset(read)
+
+
+def shard_seed(seed: int, shard_index: int) -> int:
+  """The shuffling and augmentation seed of shard ``shard_index`` of a run seeded ``seed``.
+
+  grain draws an example's augmentation from the seed and the example's position in its
+  shard, so shards sharing one seed would give the i-th examples of every process the same
+  flips and warps in each global batch. Shard 0 keeps ``seed`` (one-process runs are
+  unchanged); the others get streams of their own.
+  """
+  if shard_index == 0:
+    return seed
+  return int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
 
 
 def save_state(iterator, path) -> None:

@@ -88,7 +88,7 @@ def _check_values(options: dict) -> None:
     raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}.")
 
 
-def make_loss(name: str, **options) -> LossFn:
+def make_loss(name: str, *, fused_kernel: bool = True, **options) -> LossFn:
   """Builds a segmentation loss from its name and options.
 
   Args:
@@ -97,6 +97,9 @@ def make_loss(name: str, **options) -> LossFn:
       ``weight`` (compounds: the second term's factor; a Python float or a traced scalar),
       and the options of the terms (see :func:`valid_options`). In a compound, ``mode`` and
       ``ignore_index`` go to both terms; ``class_weights`` goes to both when both take it.
+    fused_kernel: compounds with a fused custom VJP (``ce+l1``, ``ce+kl`` and ``ce+db`` in
+      multiclass mode without label smoothing) use it; ``False`` sums the plain term
+      functions instead (the same values to float rounding; for comparing against).
 
   Returns:
     ``fn(logits, labels, *, where=None, weight=None) -> (loss, terms)``: ``loss`` a float32
@@ -137,7 +140,7 @@ def make_loss(name: str, **options) -> LossFn:
 
     return single_loss
 
-  fused_fn = fused.select(parts, term_options)
+  fused_fn = fused.select(parts, term_options) if fused_kernel else None
   first, second = (_TERMS[p] for p in parts)
 
   def compound_loss(logits, labels, *, where=None, weight=None):

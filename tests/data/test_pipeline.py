@@ -94,6 +94,27 @@ def test_augmentation_moves_image_and_mask_together():
   assert len({b.tobytes() for b in labels}) > 1  # Every example got its own geometry.
 
 
+def test_each_shard_draws_its_own_augmentation():
+  # Every example is the same image, so batches differ only by their augmentation.
+  mask = np.zeros((32, 32), np.uint8)
+  mask[4:20, 6:28] = 1
+  image = np.repeat((100 * mask)[..., None], 3, axis=-1).astype(np.uint8)
+  source = [{"image": image, "segmentation_mask": mask[..., None]}] * 16
+  dataset = SegmentationData(source=source, class_names=("a", "b"), spatial_shape=(32, 32))
+  settings = augment.Augment(flip_axes=(0, 1), max_rotation_deg=30)
+
+  def labels(shard):
+    batches = data.make_pipeline(dataset, global_batch_size=8, augment=settings, seed=3,
+                                 shard_index=shard, shard_count=2)
+    return next(iter(batches))["label"]
+
+  first, second = labels(0), labels(1)
+  assert not any(np.array_equal(a, b) for a, b in zip(first, second))
+  one_process = next(iter(data.make_pipeline(dataset, global_batch_size=4, augment=settings,
+                                             seed=3, shard_index=0, shard_count=1)))
+  np.testing.assert_array_equal(one_process["label"], first)  # shard 0 keeps the seed
+
+
 def test_none_augment_is_a_plain_resize():
   matrix, offset = augment.sample_affine(np.random.default_rng(0), (10, 10), (10, 10),
                                          augment.Augment.none())

@@ -81,3 +81,21 @@ def test_fused_step_writes_nothing_of_the_logits_size_but_the_gradient(term):
   # Per-pixel statistics take about 1/C of the logits each; one full-size temporary
   # (a softmax, one-hot targets, shifted logits) would take all of it.
   assert analysis.temp_size_in_bytes < 0.5 * logits.size * 4
+
+
+def test_make_loss_without_the_fused_kernel_sums_the_plain_terms():
+  logits, labels = make_inputs("multiclass", shape=(2, 9, 7, 5), seed=13)
+  options = dict(ignore_index=IGNORE, temperature=4.0, weight=0.2)
+  fused_fn = losses.make_loss("ce+kl", **options)
+  plain_fn = losses.make_loss("ce+kl", fused_kernel=False, **options)
+  (v1, t1), g1 = jax.value_and_grad(lambda x: fused_fn(x, labels), has_aux=True)(logits)
+  (v2, t2), g2 = jax.value_and_grad(lambda x: plain_fn(x, labels), has_aux=True)(logits)
+  np.testing.assert_allclose([v1, t1["ce"], t1["kl"]], [v2, t2["ce"], t2["kl"]], rtol=2e-6)
+  np.testing.assert_allclose(g1, g2, atol=1e-6 * float(jnp.max(jnp.abs(g2))))
+  # The plain path really is taken: its gradient writes temporaries of the logits' size.
+  shape = (2, 64, 128, 19)
+  abstract = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:-1], jnp.int32))
+  step = jax.jit(jax.grad(lambda x, y: plain_fn(x, y)[0]))
+  analysis = step.lower(*abstract).compile().memory_analysis()
+  if analysis is not None:
+    assert analysis.temp_size_in_bytes >= 0.5 * np.prod(shape) * 4

@@ -27,6 +27,12 @@ def test_keeps_the_users_flags_and_their_own_value_of_ours():
   assert xla_flags.set_defaults(mine) == f"--{YNN}=+individual_convolution"
 
 
+def test_names_are_the_flags_not_their_values():
+  environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/xla_force_host_platform_device_count -xla_a --b=1"}
+  assert xla_flags.names(environ) == {"xla_dump_to", "xla_a", "b"}
+  assert xla_flags.names({}) == set()
+
+
 def test_is_idempotent():
   environ = {}
   xla_flags.set_defaults(environ)
