@@ -97,5 +97,6 @@ def test_make_loss_without_the_fused_kernel_sums_the_plain_terms():
   abstract = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape[:-1], jnp.int32))
   step = jax.jit(jax.grad(lambda x, y: plain_fn(x, y)[0]))
   analysis = step.lower(*abstract).compile().memory_analysis()
-  if analysis is not None:
-    assert analysis.temp_size_in_bytes >= 0.5 * np.prod(shape) * 4
+  if analysis is None:
+    pytest.skip("this backend reports no memory analysis")
+  assert analysis.temp_size_in_bytes >= 0.5 * np.prod(shape) * 4
