@@ -1,9 +1,11 @@
 """Datasets and the grain input pipeline, with no TensorFlow anywhere.
 
 ``load(name, split=...)`` returns a :class:`SegmentationData` (a random-access TFDS data
-source plus class names and label lookup); ``make_pipeline(data, global_batch_size=...)``
-turns it into batches ``{"image": float32 (B, *spatial, C), "label": int32 (B, *spatial)}``
-with 255 for ignored pixels.
+source plus class names, label lookup and the :class:`Preprocessing` of its files);
+``make_pipeline(data, global_batch_size=...)`` turns it into batches ``{"image": float32
+(B, *spatial, C), "label": int32 (B, *spatial)}`` with 255 for ignored pixels, of whole
+images or of patches (``patch_size``) at native resolution; ``eval_examples(data)`` yields
+whole images one by one for evaluation.
 
 Datasets: ``imbalanced_shapes/binary`` and ``imbalanced_shapes/multiclass`` (procedural,
 embedded), ``folder`` (the user's images and masks), ``volumes`` (the user's 3-D volumes)
@@ -16,7 +18,8 @@ from regionloss_jax.data.folder import SegmentationFolder, load_folder
 from regionloss_jax.data.imbalanced_shapes import (ImbalancedShapes, ImbalancedShapesConfig,
                                                    load_imbalanced_shapes, shapes_config)
 from regionloss_jax.data.oxford_pet import load_oxford_pet
-from regionloss_jax.data.pipeline import make_pipeline, restore_state, save_state
+from regionloss_jax.data.pipeline import eval_examples, make_pipeline, restore_state, save_state
+from regionloss_jax.data.preprocess import Preprocessing
 from regionloss_jax.data.source import IGNORE_INDEX, DataError, SegmentationData
 from regionloss_jax.data.volumes import SegmentationVolumes, load_volumes
 
@@ -50,10 +53,12 @@ __all__ = [
     "IGNORE_INDEX",
     "ImbalancedShapes",
     "ImbalancedShapesConfig",
+    "Preprocessing",
     "SegmentationData",
     "SegmentationFolder",
     "SegmentationVolumes",
     "cache_dir",
+    "eval_examples",
     "load",
     "load_folder",
     "load_imbalanced_shapes",

@@ -2,9 +2,15 @@
 
 Layout ``root/{train,val,test}/{images,masks}/<stem>.<ext>`` (PNG, JPEG, TIFF, BMP; read
 with Pillow), images and masks paired by stem. Masks hold class ids (``value_map`` maps
-other raw values, e.g. ``{0: 0, 255: 1}`` for 0/255 binary masks). Images are resized
-bilinearly and masks by nearest neighbour to ``image_size``; the prepared ``image`` is
-uint8 ``(H, W, 3)`` and ``segmentation_mask`` uint8 ``(H, W, 1)`` holding class ids.
+other raw values, e.g. ``{0: 0, 255: 1}`` for 0/255 binary masks).
+
+Images keep their own size (``image_size=None``, native resolution; the sizes may differ
+within a folder) or are resized bilinearly, masks by nearest neighbour, to ``image_size``.
+Channels and values follow :mod:`regionloss_jax.data.preprocess`: one channel when every
+image is grey-scale, else three; uint8 when every image is 8-bit, else uint16. The prepared
+features: ``image`` ``(H, W, C)``, ``segmentation_mask`` uint8 ``(H, W, 1)`` of class ids,
+``file_name``, ``original_shape`` (the file's ``(H, W)``), and ``locations`` /
+``location_classes``, a sample of every class's pixels for foreground patches.
 """
 
 from __future__ import annotations
@@ -16,52 +22,28 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from regionloss_jax.data import pairing
+from regionloss_jax.data import pairing, patches, preprocess
+from regionloss_jax.data.files import (GREY_MODES, HIGH_DEPTH_MODES, image_stem, read_image,
+                                       read_mask)
 from regionloss_jax.data.source import DataError, SegmentationData
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MEAN, STD = 0.5, 0.25
 
 
-def image_stem(path: pathlib.Path) -> str | None:
-  return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None
-
-
-def read_image(path) -> np.ndarray:
-  """An image file as uint8 ``(H, W, 3)``; 16-bit and float images are min-max scaled."""
-  with Image.open(path) as im:
-    im.load()
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-      array = np.asarray(im, np.float64)
-      lo, hi = array.min(), array.max()
-      array = (array - lo) / (hi - lo if hi > lo else 1.0) * 255
-      return np.repeat(np.round(array).astype(np.uint8)[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"))
-
-
-def read_mask(path) -> np.ndarray:
-  """A mask file as an integer ``(H, W)`` array of raw values (palette indices for ``P``).
-
-  Raises ``ValueError`` for a colour mask whose channels differ.
-  """
-  with Image.open(path) as im:
-    im.load()
-    array = np.asarray(im)
-  if array.ndim == 3:
-    if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[-1])):
-      raise ValueError(f"colour mask with {array.shape[-1]} differing channels; masks must hold "
-                       "class ids in a single channel")
-    array = array[..., 0]
-  return array
-
-
-def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]):
-  """Image bilinear, mask (uint8 class ids) nearest, both to ``size = (H, W)``."""
-  h, w = size
-  if image.shape[:2] != (h, w):
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-  if mask.shape != (h, w):
-    mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
-  return image, mask
+def image_format(paths) -> tuple[int, int]:
+  """``(channels, bit_depth)`` of a dataset from its images' headers: 1 channel when all are
+  grey-scale (else 3), bit depth 8 when all are 8-bit (else 16). Unreadable files are
+  skipped here; the full check names them."""
+  grey, high = True, False
+  for path in paths:
+    try:
+      with Image.open(path) as im:
+        mode = im.mode
+    except Exception:  # noqa: BLE001  (check_pairs reports it)
+      continue
+    grey &= mode in GREY_MODES
+    high |= mode in HIGH_DEPTH_MODES
+  return (1 if grey else 3), (16 if high else 8)
 
 
 def check_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
@@ -73,9 +55,8 @@ def check_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
     foreground[split] = False
     for image_path, mask_path in split_pairs:
       try:
-        with Image.open(image_path) as im:
-          im.load()
-          image_size = im.size
+        height, width = read_image(image_path).shape[:2]
+        image_size = (width, height)
       except Exception as e:  # Pillow raises many types for bad files.
         problems.append(f"{image_path}: unreadable or corrupt image ({type(e).__name__}: {e})")
         image_size = None
@@ -101,10 +82,11 @@ def check_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
 
 @dataclasses.dataclass(kw_only=True)
 class FolderConfig(tfds.core.BuilderConfig):
-  """What to write: the checked pairs per split, the output size and the value lookup."""
+  """What to write: the checked pairs per split, how images are stored (size, channels,
+  bit depth) and the value lookup."""
 
   pairs: dict = dataclasses.field(default_factory=dict, repr=False)
-  image_size: tuple[int, int] = (128, 128)
+  preprocessing: preprocess.Preprocessing | None = None
   lookup: dict = dataclasses.field(default_factory=dict)
   class_names: tuple[str, ...] = ()
 
@@ -113,22 +95,34 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   """TFDS builder that writes a checked image folder to ``array_record`` files."""
 
   name = "segmentation_folder"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "First version.",
+                   "2.0.0": "Native sizes, grey-scale and 16-bit images, original_shape and "
+                            "class locations."}
 
   def __init__(self, *, config: FolderConfig, data_dir, **kwargs):
     super().__init__(config=config, data_dir=str(data_dir), file_format="array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    h, w = self.builder_config.image_size
+    config = self.builder_config
+    prep = config.preprocessing
+    h, w = prep.size or (None, None)
+    dtype = np.uint8 if prep.bit_depth == 8 else np.uint16
+    # Several unknown dimensions need the bytes encoding, which also stores each shape.
+    encoding = "bytes" if prep.size is None else "none"
     return tfds.core.DatasetInfo(
         builder=self,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8),
-            "segmentation_mask": tfds.features.Tensor(shape=(h, w, 1), dtype=np.uint8),
+            "image": tfds.features.Tensor(shape=(h, w, prep.channels), dtype=dtype,
+                                          encoding=encoding),
+            "segmentation_mask": tfds.features.Tensor(shape=(h, w, 1), dtype=np.uint8,
+                                                      encoding=encoding),
             "file_name": tfds.features.Text(),
+            "original_shape": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            "locations": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+            "location_classes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
         }),
-        metadata=tfds.core.MetadataDict(class_names=list(self.builder_config.class_names)),
+        metadata=tfds.core.MetadataDict(class_names=list(config.class_names)),
     )
 
   def _split_generators(self, dl_manager):
@@ -140,14 +134,20 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     config = self.builder_config
     for image_path, mask_path in pairs:
       mask = pairing.apply_lookup(read_mask(mask_path), config.lookup)
-      image, mask = resize_pair(read_image(image_path), mask, config.image_size)
+      image = preprocess.stored_input(config.preprocessing, read_image(image_path))
+      original_shape = np.asarray(mask.shape, np.int32)
+      if config.preprocessing.size is not None:
+        mask = preprocess.resize_mask(mask, config.preprocessing.size)
+      coords, classes = patches.class_locations(mask, len(config.class_names))
       yield str(image_path), {"image": image, "segmentation_mask": mask[..., None],
-                              "file_name": pathlib.Path(image_path).name}
+                              "file_name": pathlib.Path(image_path).name,
+                              "original_shape": original_shape, "locations": coords,
+                              "location_classes": classes}
 
 
 def load_folder(root, *, split: str = "train", num_classes: int,
                 class_names: tuple[str, ...] | None = None,
-                image_size: tuple[int, int] = (128, 128),
+                image_size: tuple[int, int] | None = (128, 128),
                 value_map: dict[int, int] | None = None, val_fraction: float = 0.1,
                 test_fraction: float = 0.1, split_seed: int = 0,
                 cache_dir=None) -> SegmentationData:
@@ -158,11 +158,15 @@ def load_folder(root, *, split: str = "train", num_classes: int,
     split: ``train``, ``validation`` (or ``val``), ``test``, or a TFDS slice of one.
     num_classes: classes including background; mask class ids are ``0..num_classes-1``.
     class_names: defaults to ``background, class_1, ...``.
-    image_size: output ``(H, W)``.
+    image_size: output ``(H, W)``, or ``None`` to keep every image's own size.
     value_map: raw mask value -> class id (or 255 = ignore), e.g. ``{0: 0, 255: 1}``.
     val_fraction, test_fraction: parts of train carved out when ``val``/``test`` is absent.
     split_seed: seed of that carving.
     cache_dir: cache root; files go in ``<cache_dir>/folder/<name>-<key>``.
+
+  Returns:
+    A :class:`SegmentationData` whose ``spatial_shape`` is ``image_size`` (``None`` at
+    native resolution) and whose ``preprocessing`` prepares new images the same way.
 
   Raises:
     DataError: naming every unpaired, unreadable, size-mismatched or out-of-range file;
@@ -171,9 +175,15 @@ def load_folder(root, *, split: str = "train", num_classes: int,
   root = pathlib.Path(root).expanduser().resolve()
   class_names = pairing.class_names_for(num_classes, class_names)
   lookup = pairing.value_lookup(num_classes, value_map)
-  image_size = tuple(int(s) for s in image_size)
-  options = dict(image_size=image_size, lookup=sorted(lookup.items()), class_names=class_names,
-                 val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
+  image_size = None if not image_size else tuple(int(s) for s in image_size)
+  images = [p for p in pairing.list_files(root) if p.parent.name == "images" and image_stem(p)]
+  channels, bit_depth = image_format(images)
+  prep = preprocess.Preprocessing(spatial_dims=2, channels=channels, mean=(MEAN,) * channels,
+                                  std=(STD,) * channels, bit_depth=bit_depth, size=image_size,
+                                  resampler="pil")
+  options = dict(preprocessing=prep.to_dict(), lookup=sorted(lookup.items()),
+                 class_names=class_names, val_fraction=val_fraction,
+                 test_fraction=test_fraction, split_seed=split_seed,
                  version=str(SegmentationFolder.VERSION))
 
   def check():
@@ -185,7 +195,7 @@ def load_folder(root, *, split: str = "train", num_classes: int,
                                 seed=split_seed)
 
   def make_builder(data_dir, pairs):
-    config = FolderConfig(name="default", pairs=pairs or {}, image_size=image_size,
+    config = FolderConfig(name="default", pairs=pairs or {}, preprocessing=prep,
                           lookup=lookup, class_names=class_names)
     return SegmentationFolder(config=config, data_dir=data_dir)
 
@@ -195,5 +205,8 @@ def load_folder(root, *, split: str = "train", num_classes: int,
       source=builder.as_data_source(pairing.split_name(split)),
       class_names=class_names,
       spatial_shape=image_size,
+      mean=prep.mean,
+      std=prep.std,
       info=builder.info,
+      preprocessing=prep,
   )

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy import ndimage
 
-from regionloss_jax.data import cache
+from regionloss_jax.data import cache, preprocess
 from regionloss_jax.data.source import SegmentationData
 
 TASKS = ("binary", "multiclass")
@@ -313,9 +313,14 @@ def load_imbalanced_shapes(task: str = "binary", *, split: str = "train",
   builder = ImbalancedShapes(config=config, data_dir=str(cache.cache_dir(cache_dir) / "tfds"))
   builder.download_and_prepare()
   split = "validation" if split == "val" else split
+  size = (image_size, image_size)
+  mean, std = SegmentationData.mean, SegmentationData.std
   return SegmentationData(
       source=builder.as_data_source(split),
       class_names=tuple(builder.info.metadata["class_names"]),
-      spatial_shape=(image_size, image_size),
+      spatial_shape=size,
       info=builder.info,
+      # A new image of another size is resized to the generated size, as the pipeline does.
+      preprocessing=preprocess.Preprocessing(spatial_dims=2, channels=3, mean=mean, std=std,
+                                             size=size, resampler="affine"),
   )

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from regionloss_jax.data import cache
+from regionloss_jax.data import cache, preprocess
 from regionloss_jax.data.source import IGNORE_INDEX, SegmentationData
 
 NAME = "oxford_iiit_pet"
@@ -96,14 +96,15 @@ def tf_free_builder(**kwargs) -> tfds.core.DatasetBuilder:
 
 
 def load_oxford_pet(*, split: str = "train", border: str = "class",
-                    image_size: tuple[int, int] = (128, 128), data_dir=None,
+                    image_size: tuple[int, int] | None = (128, 128), data_dir=None,
                     download: bool = True) -> SegmentationData:
   """Open a split of Oxford-IIIT Pet as pet / background (/ border) segmentation.
 
   Args:
     split: ``train`` or ``test`` (TFDS slicing such as ``train[:90%]`` works).
     border: ``class`` (a third class) or ``ignore`` (``IGNORE_INDEX``).
-    image_size: the ``(H, W)`` the pipeline resizes to by default.
+    image_size: the ``(H, W)`` the pipeline resizes to by default; ``None`` keeps every
+      image's own size.
     data_dir: TFDS data directory; default ``<cache_dir>/tfds``.
     download: download and prepare if not prepared yet (needs internet, ~800 MB).
 
@@ -121,12 +122,16 @@ def load_oxford_pet(*, split: str = "train", border: str = "class",
     (builder if has_tf else tf_free_builder(data_dir=data_dir)).download_and_prepare()
     builder = tfds.builder(NAME, data_dir=data_dir, file_format="array_record")
   class_names = ("background", "pet", "border") if border == "class" else ("background", "pet")
+  image_size = tuple(image_size) if image_size else None
   return SegmentationData(
       source=builder.as_data_source(split),
       class_names=class_names,
       label_lut=lut,
-      spatial_shape=tuple(image_size),
+      spatial_shape=image_size,
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
       info=builder.info,
+      preprocessing=preprocess.Preprocessing(spatial_dims=2, channels=3, mean=IMAGENET_MEAN,
+                                             std=IMAGENET_STD, size=image_size,
+                                             resampler="affine"),
   )

@@ -4,8 +4,13 @@ Order of operations (each step a grain ``MapDataset`` stage, so it is random-acc
 iterator state is just a position):
 
   source -> this process's shard -> shuffle (seeded, reshuffled each epoch) -> repeat
-  -> per-example preprocessing (label lookup, random geometry shared by image and mask,
-  brightness/contrast, normalisation) -> batch(drop_remainder) -> threads + prefetch.
+  -> per-example preprocessing (label lookup, a random patch or the whole image, random
+  geometry shared by image and mask, brightness/contrast, normalisation)
+  -> batch(drop_remainder) -> threads + prefetch.
+
+Images either keep their own size (native resolution), the pipeline then training on
+patches of ``patch_size`` with foreground oversampling, or are resized to one
+``spatial_shape``. :func:`eval_examples` yields whole images one at a time for evaluation.
 
 A batch is ``{"image": float32 (B, *spatial, C), "label": int32 (B, *spatial)}`` with
 ``IGNORE_INDEX`` (255) for pixels that count nowhere. ``B`` is the per-process batch,
@@ -21,7 +26,10 @@ import json
 import grain
 import numpy as np
 
-from regionloss_jax.data.augment import Augment, jitter, sample_affine, warp
+from regionloss_jax.data import patches
+from regionloss_jax.data.augment import (Augment, jitter, sample_affine, sample_patch_affine,
+                                            warp, warp_patch)
+from regionloss_jax.data.preprocess import value_scale
 from regionloss_jax.data.source import SegmentationData
 
 
@@ -32,13 +40,8 @@ def process_shard() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
 
-def preprocess_example(example: dict, rng: np.random.Generator | None, *, data: SegmentationData,
-                       spatial_shape, augment: Augment, mean: np.ndarray,
-                       std: np.ndarray) -> dict:
-  """One raw example to ``{"image": float32 (*spatial, C), "label": int32 (*spatial)}``.
-
-  ``rng`` is ``None`` for deterministic preprocessing (resize and normalise only).
-  """
+def _decoded(example: dict, data: SegmentationData, relabel: bool):
+  """The example's image (stored dtype) and mask as class ids, on the image's grid."""
   image = np.asarray(example["image"])
   raw_mask = np.asarray(example["segmentation_mask"])
   if raw_mask.ndim == image.ndim:
@@ -49,19 +52,61 @@ def preprocess_example(example: dict, rng: np.random.Generator | None, *, data: 
     zoom = [o / i for o, i in zip(image.shape[:-1], raw_mask.shape)]
     from scipy import ndimage
     raw_mask = ndimage.zoom(raw_mask, zoom, order=0, grid_mode=True, mode="nearest")
-  mask = data.label_lut[raw_mask]
-  scale = 255.0 if image.dtype == np.uint8 else 1.0
+  return image, (data.label_lut[raw_mask] if relabel else raw_mask)
+
+
+def preprocess_example(example: dict, rng: np.random.Generator | None, *, data: SegmentationData,
+                       spatial_shape, augment: Augment, mean: np.ndarray, std: np.ndarray,
+                       patch_size=None, foreground_fraction: float = 1 / 3,
+                       relabel: bool = True) -> dict:
+  """One raw example to ``{"image": float32 (*spatial, C), "label": int32 (*spatial)}``.
+
+  ``rng`` is ``None`` for deterministic preprocessing (resize to ``spatial_shape`` when it is
+  given, and normalise). With ``patch_size`` (training only) the example is a patch of that
+  size at the working resolution (``spatial_shape``, or the image's own), placed by
+  :func:`regionloss_jax.data.patches.patch_centre`; patch pixels outside the image have
+  label ``IGNORE_INDEX`` and image value 0 (what sliding-window inference pads with).
+  """
+  image, mask = _decoded(example, data, relabel)
+  scale = value_scale(image.dtype)
+  working = tuple(spatial_shape) if spatial_shape else image.shape[:-1]
+  resized = image.shape[:-1] != working
+  if rng is None or patch_size is not None:
+    if resized:
+      matrix, offset = sample_affine(np.random.default_rng(0), image.shape[:-1], working,
+                                     Augment.none())
+      image, mask = warp(image, mask, matrix, offset, working)
   if rng is None:
-    matrix, offset = sample_affine(np.random.default_rng(0), image.shape[:-1], spatial_shape,
-                                   Augment.none())
-    image, mask = warp(image, mask, matrix, offset, spatial_shape)
-    image = image / scale
-  else:
-    matrix, offset = sample_affine(rng, image.shape[:-1], spatial_shape, augment)
-    image, mask = warp(image, mask, matrix, offset, spatial_shape)
+    image = image.astype(np.float32) / scale
+    return {"image": ((image - mean) / std).astype(np.float32), "label": mask.astype(np.int32)}
+  if patch_size is None:
+    matrix, offset = sample_affine(rng, image.shape[:-1], working, augment)
+    image, mask = warp(image, mask, matrix, offset, working)
     image = jitter(image / scale, rng, augment)
-  image = (image - mean) / std
+    return {"image": ((image - mean) / std).astype(np.float32), "label": mask.astype(np.int32)}
+  if "locations" in example and not resized:  # stored by preparation, on this grid
+    coords = np.asarray(example["locations"])
+    classes = np.asarray(example["location_classes"])
+  else:
+    coords, classes = patches.class_locations(mask, data.num_classes)
+  centre = patches.patch_centre(rng, mask.shape, patch_size, coords=coords, classes=classes,
+                                foreground_fraction=foreground_fraction)
+  matrix, offset = sample_patch_affine(rng, centre, patch_size, augment)
+  image, mask, inside = warp_patch(image, mask, matrix, offset, patch_size)
+  image = (jitter(image / scale, rng, augment) - mean) / std
+  image[~inside] = 0.0
   return {"image": image.astype(np.float32), "label": mask.astype(np.int32)}
+
+
+def _identity_lut(data: SegmentationData) -> bool:
+  return np.array_equal(data.label_lut, np.arange(len(data.label_lut)))
+
+
+def default_augment(spatial_dims: int) -> Augment:
+  """``Augment()`` for 2-D data; flips, zoom and jitter for 3-D (no crop, no rotation)."""
+  if spatial_dims == 2:
+    return Augment()
+  return Augment(flip_axes=(-1,), scale=(1.0, 1.0), max_rotation_deg=0.0)
 
 
 def make_pipeline(
@@ -71,6 +116,8 @@ def make_pipeline(
     seed: int = 0,
     train: bool = True,
     spatial_shape: tuple[int, ...] | None = None,
+    patch_size: tuple[int, ...] | None = None,
+    foreground_fraction: float = 1 / 3,
     augment: Augment | None = None,
     num_epochs: int | None = None,
     drop_remainder: bool = True,
@@ -87,13 +134,20 @@ def make_pipeline(
     data: the split to read.
     global_batch_size: examples per step over all processes; must be divisible by
       ``shard_count``. Each process yields ``global_batch_size // shard_count``.
-    seed: seeds shuffling and augmentation; same seed, same batches.
+    seed: seeds shuffling, patch positions and augmentation; same seed, same batches.
     train: shuffle, augment and repeat forever (unless ``num_epochs``); otherwise read in
       order, once, without augmentation.
-    spatial_shape: output ``(H, W)`` / ``(D, H, W)``; defaults to ``data.spatial_shape``
-      (required when examples differ in size).
-    augment: augmentation settings for training; default ``Augment()`` for 2-D data and
-      flips and jitter only for 3-D. Ignored when ``train`` is false.
+    spatial_shape: the working ``(H, W)`` / ``(D, H, W)`` that images are resized to;
+      defaults to ``data.spatial_shape``. Without it, and without ``patch_size``, the
+      examples must all have one size; with ``patch_size`` they keep their own.
+    patch_size: train on random patches of this size taken at the working resolution,
+      ``foreground_fraction`` of them centred on a foreground pixel (see
+      :mod:`regionloss_jax.data.patches`). Evaluation batches are whole images: evaluate
+      patch-trained models through :func:`regionloss_jax.inference.sliding_window` on
+      :func:`eval_examples`.
+    foreground_fraction: share of patches centred on a foreground class, in ``[0, 1]``.
+    augment: augmentation settings for training; default :func:`default_augment`.
+      Ignored when ``train`` is false.
     num_epochs: passes over the data; ``None`` means forever when training, once otherwise.
     drop_remainder: drop a last, incomplete batch (keeps shapes static under ``jit``).
     shard_index, shard_count: this process's shard; default ``process_shard()``. Each shard
@@ -115,19 +169,30 @@ def make_pipeline(
                      f"the shard count {shard_count}")
   batch_size = global_batch_size // shard_count
   spatial_shape = tuple(spatial_shape or data.spatial_shape or ())
-  if not spatial_shape:
-    raise ValueError("the examples of this dataset differ in size: pass spatial_shape=(H, W)")
+  if patch_size is not None:
+    patch_size = tuple(int(p) for p in patch_size)
+    if not train:
+      raise ValueError("patch_size is for training; evaluate whole images with "
+                       "eval_examples() and regionloss_jax.inference.sliding_window")
+    if any(p < 1 for p in patch_size):
+      raise ValueError(f"patch_size must be positive, got {patch_size}")
+    if not 0.0 <= foreground_fraction <= 1.0:
+      raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+  elif not spatial_shape:
+    raise ValueError("the examples of this dataset differ in size: pass spatial_shape=(H, W) "
+                     "to resize them, or patch_size to train on patches")
   per_shard = len(data) // shard_count
   if per_shard == 0:
     raise ValueError(f"dataset of {len(data)} examples cannot feed {shard_count} shards")
   if drop_remainder and per_shard < batch_size and not (train and num_epochs is None):
     raise ValueError(f"{per_shard} examples per shard give no full batch of {batch_size}")
   if augment is None:
-    augment = Augment() if len(spatial_shape) == 2 else Augment(
-        flip_axes=(-1,), scale=(1.0, 1.0), max_rotation_deg=0.0)
+    augment = default_augment(len(patch_size or spatial_shape))
   mean = np.asarray(data.mean if mean is None else mean, np.float32)
   std = np.asarray(data.std if std is None else std, np.float32)
-  options = dict(data=data, spatial_shape=spatial_shape, augment=augment, mean=mean, std=std)
+  options = dict(data=data, spatial_shape=spatial_shape or None, augment=augment, mean=mean,
+                 std=std, patch_size=patch_size, foreground_fraction=foreground_fraction,
+                 relabel=not _identity_lut(data))
 
   # Equal-length shards: process i reads examples i, i + n, i + 2n, ...
   ds = grain.MapDataset.source(data.source)
@@ -141,6 +206,54 @@ def make_pipeline(
     ds = ds.map(lambda ex: preprocess_example(ex, None, **options))
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+  return ds.to_iter_dataset(read)
+
+
+# Example fields that describe where an image came from; eval_examples passes them on.
+GEOMETRY_KEYS = ("original_shape", "affine", "spacing")
+
+
+def eval_examples(data: SegmentationData, *, spatial_shape: tuple[int, ...] | None = None,
+                  shard_index: int = 0, shard_count: int = 1, num_threads: int = 2,
+                  prefetch: int = 4, mean: tuple[float, ...] | None = None,
+                  std: tuple[float, ...] | None = None) -> grain.IterDataset:
+  """Every example of this process's share of ``data``, in order, one at a time, for
+  evaluation and prediction: unaugmented, normalised, at the working resolution
+  (``spatial_shape``, else ``data.spatial_shape``, else each image's own size).
+
+  Examples ``shard_index, shard_index + shard_count, ...`` (all of them when
+  ``shard_count`` is 1; shares differ by at most one example).
+
+  Returns:
+    A ``grain.IterDataset`` of dicts with ``image`` float32 ``(*spatial, C)``, ``label`` int32
+    ``(*spatial)``, ``index`` (the position in ``data``), ``name`` (the source file's name,
+    or the index as ``00042``), ``original_shape`` (the file's spatial shape, else the
+    stored one) and, where the dataset records them, ``affine`` and ``spacing``.
+  """
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+  spatial_shape = tuple(spatial_shape or data.spatial_shape or ()) or None
+  options = dict(data=data, spatial_shape=spatial_shape, augment=Augment.none(),
+                 mean=np.asarray(data.mean if mean is None else mean, np.float32),
+                 std=np.asarray(data.std if std is None else std, np.float32),
+                 relabel=not _identity_lut(data))
+
+  def prepare(index: int) -> dict:
+    example = data.source[index]
+    out = preprocess_example(example, None, **options)
+    name = example.get("file_name")
+    out["index"] = index
+    out["name"] = (name.decode() if isinstance(name, bytes) else str(name)) if name is not None \
+        else f"{index:05d}"
+    for key in GEOMETRY_KEYS:
+      if key in example:
+        out[key] = np.asarray(example[key])
+    # The file's own size, when the dataset does not record it: the stored one.
+    out.setdefault("original_shape", np.asarray(np.shape(example["image"])[:-1], np.int32))
+    return out
+
+  ds = grain.MapDataset.range(shard_index, len(data), shard_count).map(prepare)
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   return ds.to_iter_dataset(read)
 
 

@@ -1,9 +1,12 @@
 """What a loaded dataset is: a random-access source of examples plus what the pipeline needs.
 
 Every loader in :mod:`regionloss_jax.data` returns a :class:`SegmentationData`. Its source
-yields dicts with ``image`` (uint8 ``(H, W, 3)`` or float32 ``(D, H, W, 1)``) and
-``segmentation_mask`` (uint8 ``(*spatial, 1)``, raw values); ``label_lut`` turns raw mask
-values into class ids, with ``IGNORE_INDEX`` for pixels that count nowhere.
+yields dicts with ``image`` (uint8 or uint16 ``(H, W, C)``, or float32 ``(D, H, W, 1)``) and
+``segmentation_mask`` (uint8 ``(*spatial, 1)``, raw values), at a size of their own or one
+shared size; ``label_lut`` turns raw mask values into class ids, with ``IGNORE_INDEX`` for
+pixels that count nowhere. Prepared user datasets also give ``file_name``,
+``original_shape`` (and for volumes ``affine`` and ``spacing``), and ``locations`` /
+``location_classes`` (a sample of each class's pixels, for foreground patches).
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ class SegmentationData:
     label_lut: ``uint8[256]``; raw mask value ``v`` becomes class ``label_lut[v]``
       (``IGNORE_INDEX`` for ignored pixels).
     spatial_shape: the ``(H, W)`` or ``(D, H, W)`` the pipeline outputs by default (the
-      examples' own fixed shape for prepared datasets); ``None`` asks the pipeline caller.
+      examples' own fixed shape for prepared datasets); ``None`` when the examples keep
+      their own sizes (native resolution).
     mean, std: per-channel statistics used to normalise images scaled to ``[0, 1]``.
     info: free-form details (the TFDS ``DatasetInfo``, the prepared directory, ...).
+    preprocessing: the :class:`regionloss_jax.data.preprocess.Preprocessing` that turns a
+      new file into the inputs this dataset gives (saved with every run, used to predict).
   """
 
   source: Any
@@ -55,6 +61,7 @@ class SegmentationData:
   mean: tuple[float, ...] = (0.5, 0.5, 0.5)
   std: tuple[float, ...] = (0.25, 0.25, 0.25)
   info: Any = None
+  preprocessing: Any = None
 
   @property
   def num_classes(self) -> int:

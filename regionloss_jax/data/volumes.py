@@ -2,11 +2,17 @@
 
 Layout ``root/{train,val,test}/{images,masks}/<stem>.{nii,nii.gz,npy}`` paired by stem.
 NIfTI arrays (read with nibabel, axes ``x, y, z``) are transposed to ``(D, H, W) = (z, y, x)``;
-``.npy`` arrays are taken as ``(D, H, W)``. Each volume is brought to ``shape`` either by
-resampling (``resize``: linear for images, nearest for labels) or by centre crop / zero
-padding (``crop_or_pad``). Image intensities are clipped to ``intensity_range`` (default: the
-volume's 0.5 and 99.5 percentiles) and scaled to ``[0, 1]``; the prepared ``image`` is float32
-``(D, H, W, 1)`` and ``segmentation_mask`` uint8 ``(D, H, W, 1)`` of class ids.
+``.npy`` arrays are taken as ``(D, H, W)`` with 1 mm voxels. Image intensities are clipped to
+``intensity_range`` (default: the volume's 0.5 and 99.5 percentiles) and scaled to
+``[0, 1]``. Each volume keeps its own shape (``shape=None``, native resolution) or is brought
+to ``shape`` by resampling (``resize``: linear for images, nearest for labels) or by centre
+crop / zero padding (``crop_or_pad``); with ``spacing``, volumes are first resampled to that
+voxel spacing (in mm, ``(D, H, W)`` order).
+
+Prepared features: ``image`` float32 ``(D, H, W, 1)``, ``segmentation_mask`` uint8
+``(D, H, W, 1)`` of class ids, ``file_name``, and the file's geometry: ``original_shape``,
+``affine`` (NIfTI's 4x4, identity for ``.npy``) and ``spacing``; ``locations`` /
+``location_classes`` sample every class's voxels for foreground patches.
 """
 
 from __future__ import annotations
@@ -16,65 +22,13 @@ import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from scipy import ndimage
 
-from regionloss_jax.data import pairing
+from regionloss_jax.data import pairing, patches, preprocess
+from regionloss_jax.data.files import read_volume, volume_stem
 from regionloss_jax.data.source import DataError, SegmentationData
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
-RESAMPLE_MODES = ("resize", "crop_or_pad")
-
-
-def volume_stem(path: pathlib.Path) -> str | None:
-  for suffix in VOLUME_SUFFIXES:
-    if path.name.lower().endswith(suffix):
-      return path.name[: -len(suffix)]
-  return None
-
-
-def read_volume(path) -> np.ndarray:
-  """A volume file as a 3-D ``(D, H, W)`` array; raises ``ValueError`` for other ranks."""
-  path = pathlib.Path(path)
-  if path.name.lower().endswith(".npy"):
-    array = np.load(path, allow_pickle=False)
-  else:
-    import nibabel  # Only volume users need it.
-
-    array = np.asarray(nibabel.load(str(path)).dataobj).T
-  if array.ndim == 4 and 1 in (array.shape[0], array.shape[-1]):
-    array = array.squeeze(0 if array.shape[0] == 1 else -1)
-  if array.ndim != 3:
-    raise ValueError(f"expected a 3-D volume, got shape {array.shape}")
-  return array
-
-
-def fit_shape(volume: np.ndarray, shape, *, mode: str, order: int) -> np.ndarray:
-  """Resample (``resize``) or centre crop / zero pad (``crop_or_pad``) to ``shape``."""
-  if volume.shape == tuple(shape):
-    return volume
-  if mode == "resize":
-    zoom = [t / s for t, s in zip(shape, volume.shape)]
-    return ndimage.zoom(volume, zoom, order=order, mode="nearest", grid_mode=True)
-  out = np.zeros(shape, volume.dtype)
-  src, dst = [], []
-  for size, target in zip(volume.shape, shape):
-    if size >= target:
-      start = (size - target) // 2
-      src.append(slice(start, start + target))
-      dst.append(slice(0, target))
-    else:
-      start = (target - size) // 2
-      src.append(slice(0, size))
-      dst.append(slice(start, start + size))
-  out[tuple(dst)] = volume[tuple(src)]
-  return out
-
-
-def scale_intensity(volume: np.ndarray, intensity_range) -> np.ndarray:
-  """Clip to ``intensity_range`` (default 0.5/99.5 percentiles) and scale to float32 [0, 1]."""
-  volume = volume.astype(np.float32)
-  lo, hi = intensity_range or np.percentile(volume, (0.5, 99.5))
-  return np.clip((volume - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0).astype(np.float32)
+RESAMPLE_MODES = preprocess.FIT_MODES
+MEAN, STD = 0.5, 0.25
 
 
 def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
@@ -87,7 +41,7 @@ def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
       shapes = {}
       for path, what in ((image_path, "volume"), (mask_path, "label volume")):
         try:
-          array = read_volume(path)
+          array = read_volume(path).array
           shapes[what] = array.shape
         except Exception as e:
           problems.append(f"{path}: unreadable or corrupt {what} ({type(e).__name__}: {e})")
@@ -114,12 +68,10 @@ def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
 
 @dataclasses.dataclass(kw_only=True)
 class VolumeConfig(tfds.core.BuilderConfig):
-  """What to write: the checked pairs, output shape, resampling and intensity options."""
+  """What to write: the checked pairs and how each volume is brought to the model's grid."""
 
   pairs: dict = dataclasses.field(default_factory=dict, repr=False)
-  shape: tuple[int, int, int] = (32, 64, 64)
-  mode: str = "resize"
-  intensity_range: tuple[float, float] | None = None
+  preprocessing: preprocess.Preprocessing | None = None
   lookup: dict = dataclasses.field(default_factory=dict)
   class_names: tuple[str, ...] = ()
 
@@ -128,20 +80,31 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   """TFDS builder that writes a checked volume folder to ``array_record`` files."""
 
   name = "segmentation_volumes"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "First version.",
+                   "2.0.0": "Native shapes, voxel spacing, the file's geometry and class "
+                            "locations."}
 
   def __init__(self, *, config: VolumeConfig, data_dir, **kwargs):
     super().__init__(config=config, data_dir=str(data_dir), file_format="array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    shape = tuple(self.builder_config.shape)
+    size = self.builder_config.preprocessing.size
+    shape = tuple(size) if size is not None else (None, None, None)
+    encoding = "bytes" if size is None else "none"
     return tfds.core.DatasetInfo(
         builder=self,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=shape + (1,), dtype=np.float32),
-            "segmentation_mask": tfds.features.Tensor(shape=shape + (1,), dtype=np.uint8),
+            "image": tfds.features.Tensor(shape=shape + (1,), dtype=np.float32,
+                                          encoding=encoding),
+            "segmentation_mask": tfds.features.Tensor(shape=shape + (1,), dtype=np.uint8,
+                                                      encoding=encoding),
             "file_name": tfds.features.Text(),
+            "original_shape": tfds.features.Tensor(shape=(3,), dtype=np.int32),
+            "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64),
+            "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float64),
+            "locations": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
+            "location_classes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
         }),
         metadata=tfds.core.MetadataDict(class_names=list(self.builder_config.class_names)),
     )
@@ -153,19 +116,31 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _generate_examples(self, pairs):
     config = self.builder_config
+    prep = config.preprocessing
     for image_path, mask_path in pairs:
-      image = scale_intensity(read_volume(image_path), config.intensity_range)
-      labels = pairing.apply_lookup(np.round(read_volume(mask_path)).astype(np.int64),
+      volume = read_volume(image_path)
+      labels = pairing.apply_lookup(np.round(read_volume(mask_path).array).astype(np.int64),
                                     config.lookup)
-      image = fit_shape(image, config.shape, mode=config.mode, order=1)
-      labels = fit_shape(labels, config.shape, mode=config.mode, order=0)
-      yield str(image_path), {"image": image[..., None], "segmentation_mask": labels[..., None],
-                              "file_name": pathlib.Path(image_path).name}
+      image = preprocess.stored_input(prep, volume.array, volume.spacing)
+      shapes = preprocess.grid_shapes(prep, labels.shape, volume.spacing)
+      if prep.spacing is not None:
+        labels = preprocess.resample(labels, shapes[1], order=0)
+      if prep.size is not None:
+        labels = preprocess.fit_shape(labels, prep.size, mode=prep.fit_mode, order=0)
+      coords, classes = patches.class_locations(labels, len(config.class_names))
+      yield str(image_path), {
+          "image": image[..., None].astype(np.float32),
+          "segmentation_mask": labels[..., None],
+          "file_name": pathlib.Path(image_path).name,
+          "original_shape": np.asarray(volume.array.shape, np.int32),
+          "affine": volume.affine, "spacing": np.asarray(volume.spacing, np.float64),
+          "locations": coords, "location_classes": classes}
 
 
 def load_volumes(root, *, split: str = "train", num_classes: int,
                  class_names: tuple[str, ...] | None = None,
-                 shape: tuple[int, int, int] = (32, 64, 64), mode: str = "resize",
+                 shape: tuple[int, int, int] | None = (32, 64, 64), mode: str = "resize",
+                 spacing: tuple[float, float, float] | None = None,
                  intensity_range: tuple[float, float] | None = None,
                  value_map: dict[int, int] | None = None, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0,
@@ -177,8 +152,10 @@ def load_volumes(root, *, split: str = "train", num_classes: int,
     split: ``train``, ``validation`` (or ``val``), ``test``, or a TFDS slice of one.
     num_classes: classes including background.
     class_names: defaults to ``background, class_1, ...``.
-    shape: output ``(D, H, W)``.
-    mode: ``resize`` (resample) or ``crop_or_pad`` (centre crop / zero pad).
+    shape: output ``(D, H, W)``, or ``None`` to keep every volume's own shape.
+    mode: with ``shape``, ``resize`` (resample) or ``crop_or_pad`` (centre crop / zero pad).
+    spacing: voxel spacing in mm, ``(D, H, W)`` order, to resample every volume to first
+      (linear for images, nearest for labels); ``None`` keeps the files' spacing.
     intensity_range: fixed ``(low, high)`` intensity window (e.g. CT Hounsfield units);
       default per-volume 0.5/99.5 percentiles.
     value_map, val_fraction, test_fraction, split_seed, cache_dir: as in
@@ -195,12 +172,20 @@ def load_volumes(root, *, split: str = "train", num_classes: int,
   root = pathlib.Path(root).expanduser().resolve()
   class_names = pairing.class_names_for(num_classes, class_names)
   lookup = pairing.value_lookup(num_classes, value_map)
-  shape = tuple(int(s) for s in shape)
-  if len(shape) != 3:
+  shape = None if not shape else tuple(int(s) for s in shape)
+  if shape is not None and len(shape) != 3:
     raise ValueError(f"shape must be (D, H, W), got {shape}")
-  options = dict(shape=shape, mode=mode, intensity_range=intensity_range,
-                 lookup=sorted(lookup.items()), class_names=class_names,
-                 val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
+  spacing = None if not spacing else tuple(float(s) for s in spacing)
+  if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+    raise ValueError(f"spacing must be three positive voxel sizes in mm (D, H, W), got "
+                     f"{spacing}")
+  prep = preprocess.Preprocessing(
+      spatial_dims=3, channels=1, mean=(MEAN,), std=(STD,), size=shape, fit_mode=mode,
+      spacing=spacing,
+      intensity_range=None if intensity_range is None else tuple(intensity_range))
+  options = dict(preprocessing=prep.to_dict(), lookup=sorted(lookup.items()),
+                 class_names=class_names, val_fraction=val_fraction,
+                 test_fraction=test_fraction, split_seed=split_seed,
                  version=str(SegmentationVolumes.VERSION))
 
   def check():
@@ -212,9 +197,8 @@ def load_volumes(root, *, split: str = "train", num_classes: int,
                                 seed=split_seed)
 
   def make_builder(data_dir, pairs):
-    config = VolumeConfig(name="default", pairs=pairs or {}, shape=shape, mode=mode,
-                          intensity_range=intensity_range, lookup=lookup,
-                          class_names=class_names)
+    config = VolumeConfig(name="default", pairs=pairs or {}, preprocessing=prep,
+                          lookup=lookup, class_names=class_names)
     return SegmentationVolumes(config=config, data_dir=data_dir)
 
   builder = pairing.prepare_cached(kind="volumes", root=root, options=options,
@@ -223,7 +207,8 @@ def load_volumes(root, *, split: str = "train", num_classes: int,
       source=builder.as_data_source(pairing.split_name(split)),
       class_names=class_names,
       spatial_shape=shape,
-      mean=(0.5,),
-      std=(0.25,),
+      mean=prep.mean,
+      std=prep.std,
       info=builder.info,
+      preprocessing=prep,
   )

@@ -122,10 +122,107 @@ def test_background_only_split_warns(tmp_path):
 def test_failed_write_leaves_no_partial_dataset(tmp_path, monkeypatch):
   root = write_pairs(tmp_path / "ds", "train", 6)
 
-  def broken(path):
+  def broken(*args, **kwargs):
     raise OSError("disk vanished")
 
-  monkeypatch.setattr(data.folder, "read_image", broken)
+  # Fails while writing (every file was read and checked before).
+  monkeypatch.setattr(data.preprocess, "stored_input", broken)
   with pytest.raises(OSError, match="disk vanished"):
     load(root, tmp_path / "c")
   assert prepared_dirs(tmp_path / "c") == []
+
+
+def _write_image(path, array):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  from PIL import Image
+  Image.fromarray(array).save(path)
+
+
+def _mask(h, w):
+  mask = np.zeros((h, w), np.uint8)
+  mask[h // 3: h // 2, w // 4: w // 2] = 1
+  mask[h - 2, w - 2] = 2
+  return mask
+
+
+def test_native_sizes_keep_every_image_as_it_is(tmp_path):
+  root = tmp_path / "ds"
+  sizes = [(20, 30), (33, 17), (40, 41), (25, 25)]
+  rng = np.random.default_rng(0)
+  originals = {}
+  for i, (h, w) in enumerate(sizes):
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    originals[f"c{i}.png"] = (image, _mask(h, w))
+    _write_image(root / "train" / "images" / f"c{i}.png", image)
+    _write_image(root / "train" / "masks" / f"c{i}.png", _mask(h, w))
+  dataset = data.load("folder", root=root, num_classes=3, image_size=None,
+                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+  assert dataset.spatial_shape is None and dataset.preprocessing.size is None
+  every = [ex for split in ("train", "validation", "test")
+           for ex in data.load("folder", root=root, num_classes=3, image_size=None,
+                               split=split, cache_dir=tmp_path / "c", val_fraction=0.25,
+                               test_fraction=0.25).source]
+  assert len(every) == 4
+  for ex in every:
+    image, mask = originals[ex["file_name"].decode()]
+    np.testing.assert_array_equal(ex["image"], image)
+    np.testing.assert_array_equal(ex["segmentation_mask"][..., 0], mask)
+    assert tuple(ex["original_shape"]) == mask.shape
+    np.testing.assert_array_equal(mask[tuple(ex["locations"].T)], ex["location_classes"])
+    assert set(ex["location_classes"].tolist()) == {1, 2}
+
+
+def test_grey_scale_and_16_bit_images_are_read_at_their_depth(tmp_path):
+  root = tmp_path / "ds"
+  rng = np.random.default_rng(1)
+  grey8 = rng.integers(0, 256, (12, 16), dtype=np.uint8)
+  grey16 = rng.integers(1000, 4000, (14, 18), dtype=np.uint16)  # a 12-bit sensor
+  for name, image in (("a", grey8), ("b", grey16), ("c", grey8), ("d", grey8)):
+    _write_image(root / "train" / "images" / f"{name}.png", image)
+    _write_image(root / "train" / "masks" / f"{name}.png", _mask(*image.shape))
+  options = dict(root=root, num_classes=3, image_size=None, cache_dir=tmp_path / "c",
+                 val_fraction=0.25, test_fraction=0.25)
+  splits = {s: data.load("folder", split=s, **options) for s in ("train", "val", "test")}
+  prep = splits["train"].preprocessing
+  assert (prep.channels, prep.bit_depth) == (1, 16)
+  assert splits["train"].mean == (0.5,)
+  by_name = {ex["file_name"].decode(): ex for d in splits.values() for ex in d.source}
+  a, b = by_name["a.png"]["image"], by_name["b.png"]["image"]
+  assert a.dtype == np.uint16 and a.shape == (12, 16, 1)
+  np.testing.assert_array_equal(a[..., 0], grey8.astype(np.uint16) * 257)  # exact: 255 -> 65535
+  # 16-bit: clipped to its 0.5 / 99.5 percentiles and spread over the whole uint16 range.
+  lo, hi = np.percentile(grey16.astype(np.float32), (0.5, 99.5))
+  expected = np.round(np.clip((grey16 - lo) / (hi - lo), 0, 1) * 65535)
+  np.testing.assert_allclose(b[..., 0], expected, atol=1)
+  assert (b % 257 != 0).mean() > 0.9  # not 8-bit values scaled up: no quantisation on the way
+
+
+def test_grey_images_in_a_colour_folder_become_three_equal_channels(tmp_path):
+  root = tmp_path / "ds"
+  grey = np.tile(np.arange(20, dtype=np.uint8) * 10, (15, 1))
+  _write_image(root / "train" / "images" / "grey.png", grey)
+  _write_image(root / "train" / "masks" / "grey.png", _mask(15, 20))
+  for i in range(3):
+    _write_image(root / "train" / "images" / f"rgb{i}.png", np.zeros((15, 20, 3), np.uint8))
+    _write_image(root / "train" / "masks" / f"rgb{i}.png", _mask(15, 20))
+  dataset = data.load("folder", root=root, num_classes=3, image_size=None,
+                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+  assert dataset.preprocessing.channels == 3
+  splits = [data.load("folder", root=root, num_classes=3, image_size=None, split=s,
+                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+            for s in ("train", "val", "test")]
+  (example,) = [ex for d in splits for ex in d.source if ex["file_name"] == b"grey.png"]
+  np.testing.assert_array_equal(example["image"], np.repeat(grey[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize("image_size", [None, (10, 16)])
+def test_a_new_file_prepared_by_preprocessing_matches_the_evaluation_input(tmp_path,
+                                                                          image_size):
+  # What predict feeds the model for a file equals what evaluation feeds it for the same
+  # file in the prepared dataset: one preprocessing, two paths.
+  root = write_pairs(tmp_path / "ds", "train", 6)
+  dataset = load(root, tmp_path / "c", image_size=image_size, split="train")
+  for example in data.eval_examples(dataset):
+    path = root / "train" / "images" / example["name"]
+    direct = data.preprocess.model_input(dataset.preprocessing, data.files.read_image(path))
+    np.testing.assert_allclose(direct, example["image"], atol=1e-6)

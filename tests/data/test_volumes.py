@@ -68,3 +68,75 @@ def test_volume_errors_name_files(tmp_path):
   assert "mismatch.npy has shape (6, 10, 12) but its labels" in message
   assert "flat.npy: unreadable or corrupt volume" in message and "3-D" in message
   assert not (tmp_path / "c" / "volumes").exists()
+
+
+def _write_nifti(path, array_dhw, affine):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(array_dhw.T), affine), path)
+
+
+def test_native_volumes_keep_shape_affine_and_spacing(tmp_path):
+  root = tmp_path / "vols"
+  affines = {}
+  for i, shape in enumerate([(6, 10, 12), (8, 9, 11), (5, 12, 10), (7, 7, 7)]):
+    affine = np.diag([0.8, 0.9, 2.5 + i, 1.0])
+    affine[:3, 3] = [10, -20, 30 + i]
+    labels = np.zeros(shape, np.uint8)
+    labels[1:3, 2:5, 3:6] = 1
+    rng = np.random.default_rng(i)
+    _write_nifti(root / "train" / "images" / f"v{i}.nii.gz",
+                 rng.normal(100, 20, shape).astype(np.float32), affine)
+    _write_nifti(root / "train" / "masks" / f"v{i}.nii.gz", labels, affine)
+    affines[f"v{i}.nii.gz"] = (affine, shape, labels)
+  options = dict(root=root, num_classes=2, shape=None, cache_dir=tmp_path / "c",
+                 val_fraction=0.25, test_fraction=0.25)
+  examples = [ex for s in ("train", "val", "test")
+              for ex in data.load("volumes", split=s, **options).source]
+  assert len(examples) == 4
+  for ex in examples:
+    affine, shape, labels = affines[ex["file_name"].decode()]
+    assert ex["image"].shape == shape + (1,)
+    np.testing.assert_array_equal(ex["segmentation_mask"][..., 0], labels)
+    np.testing.assert_allclose(ex["affine"], affine, rtol=1e-6)  # NIfTI stores float32
+    # (D, H, W) = (z, y, x)
+    np.testing.assert_allclose(ex["spacing"], [affine[2, 2], 0.9, 0.8], rtol=1e-6)
+    assert tuple(ex["original_shape"]) == shape
+
+
+def test_spacing_resamples_images_linearly_and_labels_by_nearest(tmp_path):
+  root = tmp_path / "vols"
+  affine = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm slices
+  labels = np.zeros((5, 8, 8), np.uint8)
+  labels[2, 2:6, 2:6] = 1
+  image = np.linspace(0, 1, 5, dtype=np.float32)[:, None, None] * np.ones((5, 8, 8), np.float32)
+  for i in range(4):
+    _write_nifti(root / "train" / "images" / f"v{i}.nii.gz", image, affine)
+    _write_nifti(root / "train" / "masks" / f"v{i}.nii.gz", labels, affine)
+  dataset = data.load("volumes", root=root, num_classes=2, shape=None, spacing=(1.0, 1.0, 1.0),
+                      intensity_range=(0.0, 1.0), cache_dir=tmp_path / "c", split="train[:1]",
+                      val_fraction=0.25, test_fraction=0.25)
+  (ex,) = list(dataset.source)
+  assert ex["image"].shape == (10, 8, 8, 1)  # 5 slices of 2 mm -> 10 of 1 mm
+  assert tuple(ex["original_shape"]) == (5, 8, 8)
+  profile = ex["image"][:, 4, 4, 0]
+  assert np.all(np.diff(profile) >= 0) and len(np.unique(profile)) > 5  # linear, not steps
+  resampled = ex["segmentation_mask"][..., 0]
+  assert set(np.unique(resampled)) == {0, 1}  # nearest: no new values
+  assert resampled[:, 4, 4].sum() == 2  # the one 2-mm slice became two 1-mm slices
+  # Back to the file's grid, one-hot probabilities give the labels again.
+  probs = np.eye(2, dtype=np.float32)[resampled]
+  back = data.preprocess.to_original(dataset.preprocessing, probs, (5, 8, 8),
+                                     tuple(ex["spacing"]))
+  np.testing.assert_array_equal(back.argmax(-1), labels)
+
+
+def test_new_volume_prepared_by_preprocessing_matches_the_evaluation_input(tmp_path):
+  root = tmp_path / "vols"
+  for i in range(4):
+    write_case(root, "train", f"b{i}", nifti=True)
+  dataset = data.load("volumes", root=root, num_classes=2, shape=(4, 6, 6), split="train",
+                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+  for example in data.eval_examples(dataset):
+    volume = data.files.read_volume(root / "train" / "images" / example["name"])
+    direct = data.preprocess.model_input(dataset.preprocessing, volume.array, volume.spacing)
+    np.testing.assert_allclose(direct, example["image"], atol=1e-6)

@@ -1,0 +1,110 @@
+"""Reading the users' image, mask and volume files, as they are on disk.
+
+2-D images (PNG, JPEG, TIFF, BMP; Pillow) come back with the channels and bit depth they
+have: grey-scale as one channel, colour as three (palette images expanded, alpha dropped),
+8-bit as uint8 and 16-bit or float images in their own dtype. Volumes (NIfTI through
+nibabel, or ``.npy``) come back as ``(D, H, W)`` with their affine and voxel spacing.
+What the model sees is decided by :mod:`regionloss_jax.data.preprocess`, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy")
+# Pillow modes of one channel; "I;16*", "I" and "F" are the high-bit-depth ones.
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def image_stem(path: pathlib.Path) -> str | None:
+  return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else None
+
+
+def volume_stem(path: pathlib.Path) -> str | None:
+  for suffix in VOLUME_SUFFIXES:
+    if path.name.lower().endswith(suffix):
+      return path.name[: -len(suffix)]
+  return None
+
+
+def read_image(path) -> np.ndarray:
+  """An image file as ``(H, W, C)``: ``C = 1`` for grey-scale, 3 for colour.
+
+  8-bit images are uint8; 16-bit ones uint16 (32-bit integer and float images keep their
+  dtype). Palette images are expanded to RGB and an alpha channel is dropped.
+  """
+  with Image.open(path) as im:
+    im.load()
+    mode = im.mode
+    if mode in HIGH_DEPTH_MODES:
+      array = np.asarray(im)
+      if array.dtype.kind == "u" or mode.startswith("I;16"):
+        array = array.astype(np.uint16)
+      return array[..., None]
+    if mode in GREY_MODES:
+      return np.asarray(im.convert("L"))[..., None]
+    return np.asarray(im.convert("RGB"))
+
+
+def read_mask(path) -> np.ndarray:
+  """A mask file as an integer ``(H, W)`` array of raw values (palette indices for ``P``).
+
+  Raises ``ValueError`` for a colour mask whose channels differ.
+  """
+  with Image.open(path) as im:
+    im.load()
+    array = np.asarray(im)
+  if array.ndim == 3:
+    if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[-1])):
+      raise ValueError(f"colour mask with {array.shape[-1]} differing channels; masks must hold "
+                       "class ids in a single channel")
+    array = array[..., 0]
+  return array
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+  """A volume as read: ``array (D, H, W)``, its 4x4 ``affine`` (voxel index ``(x, y, z)`` to
+  world millimetres, NIfTI's convention), ``spacing`` in millimetres in ``(D, H, W)`` order,
+  and the NIfTI ``header`` (``None`` for ``.npy``)."""
+
+  array: np.ndarray
+  affine: np.ndarray
+  spacing: tuple[float, float, float]
+  header: Any = None
+
+
+def read_volume(path) -> Volume:
+  """A volume file (``.nii``, ``.nii.gz`` or ``.npy``) as a :class:`Volume`.
+
+  NIfTI arrays, stored ``(x, y, z)``, are transposed to ``(D, H, W) = (z, y, x)``; ``.npy``
+  arrays are taken as ``(D, H, W)`` with an identity affine (1 mm voxels). A trailing or
+  leading axis of size 1 is dropped. Raises ``ValueError`` for other ranks.
+  """
+  path = pathlib.Path(path)
+  if path.name.lower().endswith(".npy"):
+    array, affine, header = np.load(path, allow_pickle=False), np.eye(4), None
+  else:
+    import nibabel  # Only volume users need it.
+
+    image = nibabel.load(str(path))
+    array, affine, header = np.asarray(image.dataobj), np.asarray(image.affine), image.header
+    if array.ndim == 4 and array.shape[-1] == 1:
+      array = array[..., 0]
+    array = array.T
+  if array.ndim == 4 and 1 in (array.shape[0], array.shape[-1]):
+    array = array.squeeze(0 if array.shape[0] == 1 else -1)
+  if array.ndim != 3:
+    raise ValueError(f"expected a 3-D volume, got shape {array.shape}")
+  # Columns of the affine's linear part are the voxel axes x, y, z; their lengths are the
+  # voxel sizes, reversed into (D, H, W) = (z, y, x) order.
+  sizes = np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
+  spacing = tuple(float(s) if s > 0 else 1.0 for s in sizes[::-1])
+  return Volume(array, np.asarray(affine, np.float64), spacing, header)
