@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from regionloss_jax import losses
+from regionloss_jax import inference, losses
 from train.configs import base
 
 PRECISIONS = ("float32", "bfloat16")
@@ -31,6 +31,11 @@ def _positive(field: str, value) -> None:
     raise ValueError(f"config.{field} must be a positive integer, got {value!r}.")
 
 
+def native(config: ml_collections.ConfigDict) -> bool:
+  """Images keep their own size: ``data.image_size`` is empty."""
+  return not config.data.image_size
+
+
 def loss_options(config: ml_collections.ConfigDict) -> dict:
   """The ``make_loss`` keyword options the config sets (unset placeholders left out)."""
   options = {"mode": config.loss.mode, "ignore_index": config.loss.ignore_index}
@@ -50,7 +55,7 @@ def data_options(config: ml_collections.ConfigDict) -> dict:
   if cfg.cache_dir:
     options["cache_dir"] = cfg.cache_dir
   if name.startswith("imbalanced_shapes"):
-    if cfg.image_size is not None:
+    if not native(config):
       sizes = set(cfg.image_size)
       if len(cfg.image_size) != 2 or len(sizes) != 1:
         raise ValueError(f"imbalanced_shapes images are square: config.data.image_size must be "
@@ -66,12 +71,14 @@ def data_options(config: ml_collections.ConfigDict) -> dict:
       raise ValueError(f"config.data.num_classes is required for data.name={name!r} "
                        "(classes including background).")
     options.update(root=cfg.dir, num_classes=cfg.num_classes)
-    if cfg.image_size is not None:
-      options["image_size" if name == "folder" else "shape"] = tuple(cfg.image_size)
+    size = None if native(config) else tuple(cfg.image_size)
+    options["image_size" if name == "folder" else "shape"] = size
+    if name == "volumes":
+      options["spacing"] = tuple(cfg.spacing) if cfg.spacing else None
+      options["intensity_range"] = tuple(cfg.intensity_range) if cfg.intensity_range else None
   elif name == "oxford_iiit_pet":
     options["border"] = cfg.border
-    if cfg.image_size is not None:
-      options["image_size"] = tuple(cfg.image_size)
+    options["image_size"] = None if native(config) else tuple(cfg.image_size)
   return options
 
 
@@ -99,16 +106,61 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if volumetric != (config.model.spatial_dims == 3):
     raise ValueError(f"config.model.spatial_dims={config.model.spatial_dims} does not fit "
                      f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data).")
-  if config.data.image_size is not None:
-    side = 2 ** config.model.depth
-    if len(config.data.image_size) != config.model.spatial_dims:
-      raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} has "
-                       f"{len(config.data.image_size)} axes; the {config.model.spatial_dims}-D "
-                       "model needs one size per spatial axis.")
-    if any(s % side for s in config.data.image_size):
-      raise ValueError(f"config.data.image_size={tuple(config.data.image_size)} must be "
-                       f"divisible by 2**model.depth={side}.")
+  _check_sizes(config)
   data_options(config)
+
+
+def _sizes_message(field: str, value, config) -> str | None:
+  dims, side = config.model.spatial_dims, 2 ** config.model.depth
+  value = tuple(value)
+  if len(value) != dims:
+    return (f"config.{field}={value} has {len(value)} axes; the {dims}-D model needs one size "
+            "per spatial axis.")
+  if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in value):
+    return f"config.{field}={value} must hold positive integers."
+  if any(s % side for s in value):
+    return (f"config.{field}={value} must be divisible by 2**model.depth={side} (the U-Net "
+            "halves it model.depth times).")
+  return None
+
+
+def _check_sizes(config: ml_collections.ConfigDict) -> None:
+  """Sizes the model sees (``image_size``, ``patch_size``), spacing and inference options."""
+  data = config.data
+  if not native(config) and not data.patch_size:
+    message = _sizes_message("data.image_size", data.image_size, config)
+    if message:
+      raise ValueError(message)
+  if data.patch_size:
+    message = _sizes_message("data.patch_size", data.patch_size, config)
+    if message:
+      raise ValueError(message)
+    if not native(config) and len(data.image_size) != len(data.patch_size):
+      raise ValueError(f"config.data.image_size={tuple(data.image_size)} and "
+                       f"data.patch_size={tuple(data.patch_size)} need the same axes.")
+  elif native(config) and not data.name.startswith("imbalanced_shapes"):
+    raise ValueError("config.data.image_size=() keeps every image at its own size, and sizes "
+                     "differ between images: set config.data.patch_size (e.g. (256, 256), or "
+                     "(128, 128, 128) for volumes) to train on patches and evaluate through "
+                     "sliding windows, or set data.image_size to resize every image.")
+  if not 0.0 <= data.foreground_fraction <= 1.0:
+    raise ValueError(f"config.data.foreground_fraction={data.foreground_fraction} must be in "
+                     "[0, 1].")
+  for field in ("spacing", "intensity_range"):
+    value = data[field]
+    if value and data.name != "volumes":
+      raise ValueError(f"config.data.{field} is for 3-D volumes (data.name='volumes'), not "
+                       f"{data.name!r}.")
+  if data.spacing and (len(data.spacing) != 3 or min(data.spacing) <= 0):
+    raise ValueError(f"config.data.spacing={tuple(data.spacing)} must be three positive voxel "
+                     "sizes in mm, (D, H, W) order.")
+  if data.intensity_range and (len(data.intensity_range) != 2
+                               or data.intensity_range[0] >= data.intensity_range[1]):
+    raise ValueError(f"config.data.intensity_range={tuple(data.intensity_range)} must be "
+                     "(low, high) with low < high.")
+  if not 0.0 <= config.inference.overlap < 1.0:
+    raise ValueError(f"config.inference.overlap={config.inference.overlap} must be in [0, 1).")
+  _choice("inference.blend", config.inference.blend, inference.BLENDS)
 
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int,

@@ -1,7 +1,8 @@
-"""Opening the configured dataset's splits and their grain pipelines."""
+"""Opening the configured dataset's splits, their grain pipelines and evaluation examples."""
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from regionloss_jax import data as rl_data
@@ -19,24 +20,28 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> rl_data.Segment
 
 
 def spatial_shape(config: ml_collections.ConfigDict, data: rl_data.SegmentationData):
-  if config.data.image_size is not None and not config.data.name.startswith("imbalanced"):
-    return tuple(config.data.image_size)
-  return data.spatial_shape
+  """The working size images are resized to, or ``None`` when they keep their own."""
+  if config_checks.native(config) or config.data.name.startswith("imbalanced"):
+    return data.spatial_shape  # generated datasets are native at their generated size
+  return tuple(config.data.image_size)
 
 
 def train_pipeline(config: ml_collections.ConfigDict, data: rl_data.SegmentationData):
-  """Shuffled, augmented, repeated batches of ``train.batch_size`` (global) examples."""
+  """Shuffled, augmented, repeated batches of ``train.batch_size`` (global) examples: whole
+  images, or patches of ``data.patch_size``."""
   augment = None if config.data.augment else rl_data.Augment.none()
+  patch_size = tuple(config.data.patch_size) if config.data.patch_size else None
   return rl_data.make_pipeline(data, global_batch_size=config.train.batch_size,
                                seed=config.train.seed, train=True, augment=augment,
                                spatial_shape=spatial_shape(config, data),
+                               patch_size=patch_size,
+                               foreground_fraction=config.data.foreground_fraction,
                                num_threads=config.data.num_threads)
 
 
-def eval_pipeline(config: ml_collections.ConfigDict, data: rl_data.SegmentationData):
-  """Every example once, in order, unaugmented; the last batch may be smaller."""
-  batch = min(config.train.eval_batch_size, len(data))
-  return rl_data.make_pipeline(data, global_batch_size=batch, train=False,
-                               drop_remainder=False, spatial_shape=spatial_shape(config, data),
-                               num_threads=config.data.num_threads, shard_index=0,
-                               shard_count=1)
+def eval_examples(config: ml_collections.ConfigDict, data: rl_data.SegmentationData):
+  """This process's share of a split, whole images one at a time, in order."""
+  return rl_data.eval_examples(data, spatial_shape=spatial_shape(config, data),
+                               shard_index=jax.process_index(),
+                               shard_count=jax.process_count(),
+                               num_threads=config.data.num_threads)

@@ -1,61 +1,46 @@
-"""Evaluation of a model state on a whole split: loss, per-image metrics and a summary."""
+"""Evaluation of a trained state on a whole split: per-image metrics, losses and a summary.
+
+Every image is predicted whole, at the resolution the dataset gives it (its own, or
+``data.image_size``), through sliding windows (:mod:`train.predictor`); its metrics, its
+loss and the paper's decomposition terms are computed on that whole image. Images of one
+size are grouped into batches; each process evaluates its own share of the split and the
+per-image results are gathered, in split order, on every process.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import itertools
+import math
+from collections.abc import Callable, Iterable
 
-import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
-from regionloss_jax import losses, metrics
 from regionloss_jax import data as rl_data
+from regionloss_jax import losses, metrics
 from train import config_checks, parallel
+from train.predictor import Predictor
 
-
-def make_eval_step(config: ml_collections.ConfigDict, eval_graphdef,
-                   mesh: jax.sharding.Mesh | None = None) -> Callable:
-  """``eval_step(params, rest, batch, weight) -> (classes, probs, loss, terms)`` (jitted).
-
-  With ``mesh`` the outputs are replicated, so that every process can read them whole.
-
-  ``classes`` int32 ``(B, *S)``; ``probs`` float32 ``(B, *S, C)`` with ``C`` the classes
-  (2 in binary mode: the sigmoid's ``1 - p`` is the background). ``terms`` holds the loss
-  terms as ``term/<name>`` and the paper's decomposition of CE and log-Dice whatever loss is trained
-  (:func:`decomposition_terms`).
-  """
-  loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
-  binary = config.loss.mode == "binary"
-
-  def eval_step(params, rest, batch, weight):
-    logits = nnx.merge(eval_graphdef, params, rest)(batch["image"])
-    loss, terms = loss_fn(logits, batch["label"], weight=weight)
-    # Loss terms are logged as term/<name>: a "dice" term must not shadow the Dice metric.
-    terms = {**{f"term/{k}": v for k, v in terms.items()},
-             **decomposition_terms(logits, batch["label"], binary=binary)}
-    if binary:
-      foreground = jax.nn.sigmoid(logits)
-      probs = jnp.concatenate([1.0 - foreground, foreground], axis=-1)
-    else:
-      probs = jax.nn.softmax(logits, axis=-1)
-    return jnp.argmax(probs, axis=-1).astype(jnp.int32), probs, loss, terms
-
-  if mesh is None:
-    return jax.jit(eval_step)
-  return jax.jit(eval_step, out_shardings=parallel.replicated(mesh))
+# Per-image arrays of metrics.evaluate_batch kept for the summary and test_per_image.npz.
+PER_IMAGE_KEYS = ("tp", "fp", "fn", "dice", "iou", "precision", "recall", "hd95",
+                  "gt_proportion", "pred_proportion", "proportion_abs_error", "proportion_bias",
+                  "pred_proportion_soft", "proportion_abs_error_soft", "proportion_bias_soft")
+SAVED_PER_IMAGE = ("dice", "iou", "hd95", "gt_proportion", "pred_proportion",
+                   "pred_proportion_soft")
+NAME_BYTES = 256  # file names longer than this are cut in the per-image results
 
 
 def decomposition_terms(logits, labels, *, binary: bool) -> dict:
-  """The paper's decomposition of CE and log-Dice, as batch means named
-  ``decomposition/{ce,logdice}_{matching,size}``.
+  """The paper's decomposition of CE and log-Dice per image, ``(B,)`` arrays.
 
-  CE: per image, the matching and size (``KL(tau || tauhat)``) terms of its Jensen bound,
-  summed over classes (so the size term is >= 0), averaged over images. log-Dice: the exact
-  matching and size terms averaged over the (image, foreground class) pairs whose class is
-  present in the ground truth (absent classes have no region to match). A binary model's
-  sigmoid logit ``x`` is the two-class softmax of ``(0, x)``.
+  CE: the matching and size (``KL(tau || tauhat)``) terms of its Jensen bound, summed over
+  classes (so the size term is >= 0). log-Dice: the sums of the exact matching and size
+  terms over the foreground classes present in the image, and their count (absent classes
+  have no region to match): a split's value is the sum over images over the total count. A
+  binary model's sigmoid logit ``x`` is the two-class softmax of ``(0, x)``.
   """
   if binary:
     logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
@@ -63,42 +48,129 @@ def decomposition_terms(logits, labels, *, binary: bool) -> dict:
   ce = losses.cross_entropy_decomposition(logits, labels, ignore_index=ignore)
   log_dice = losses.log_dice_decomposition(logits, labels, ignore_index=ignore)
   present = log_dice["tau"][:, 1:] > 1e-6
-  pairs = jnp.maximum(jnp.sum(present), 1)
-  out = {f"decomposition/ce_{part}": jnp.mean(jnp.sum(ce[part], axis=-1))
-         for part in ("matching", "size")}
-  out.update({f"decomposition/logdice_{part}":
-              jnp.sum(jnp.where(present, log_dice[part][:, 1:], 0.0)) / pairs
+  out = {f"ce_{part}": jnp.sum(ce[part], axis=-1) for part in ("matching", "size")}
+  out.update({f"logdice_{part}": jnp.sum(jnp.where(present, log_dice[part][:, 1:], 0.0), -1)
               for part in ("matching", "size")})
+  out["logdice_pairs"] = jnp.sum(present, axis=-1).astype(jnp.float32)
   return out
 
 
-def evaluate(eval_step: Callable, params, rest, batches, *, weight: float,
-             class_names, keep: int = 0, mesh: jax.sharding.Mesh | None = None) -> dict:
-  """Runs ``eval_step`` over every batch of a split (placed on ``mesh`` when given).
+def make_score_fn(config: ml_collections.ConfigDict) -> Callable:
+  """``score(logits, labels, weight) -> {name: (B,)}`` (jitted): each image's loss, its loss
+  terms as ``term/<name>`` and its decomposition terms, each image scored on its own."""
+  loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
+  binary = config.loss.mode == "binary"
 
-  Returns ``{"summary": metrics.summarize(...) plus "loss" and each term (image-weighted
-  means), "per_image": {metric: (N, C) array}, "samples": [(image, label, pred)] * keep}``.
+  def one_image(logits, labels, weight):
+    loss, terms = loss_fn(logits[None], labels[None], weight=weight)
+    # Loss terms are logged as term/<name>: a "dice" term must not shadow the Dice metric.
+    return {"loss": loss, **{f"term/{k}": v for k, v in terms.items()}}
+
+  def score(logits, labels, weight):
+    scores = jax.vmap(one_image, in_axes=(0, 0, None))(logits, labels, weight)
+    scores.update(decomposition_terms(logits, labels, binary=binary))
+    return scores
+
+  return jax.jit(score)
+
+
+def _padded(array: np.ndarray, shape, value) -> np.ndarray:
+  """``array (B, *S, ...)`` padded at the end of its spatial axes to ``shape``."""
+  widths = [(0, 0)] + [(0, t - s) for s, t in zip(array.shape[1:], shape)]
+  widths += [(0, 0)] * (array.ndim - len(widths))
+  return np.pad(array, widths, constant_values=value)
+
+
+def _same_size_groups(examples: Iterable[dict], size: int):
+  """Consecutive examples of one spatial shape, at most ``size`` at a time."""
+  for _, group in itertools.groupby(examples, key=lambda ex: ex["image"].shape):
+    group = list(group)
+    for first in range(0, len(group), size):
+      yield group[first:first + size]
+
+
+def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict], *,
+             weight: float, class_names, keep: int = 0,
+             on_image: Callable[[dict, np.ndarray], None] | None = None) -> dict:
+  """Predicts and scores every example of this process's share of a split.
+
+  Args:
+    predictor: the trained model.
+    score_fn: from :func:`make_score_fn`.
+    examples: :func:`regionloss_jax.data.eval_examples` of this process's share.
+    weight: the loss weight at the evaluated step.
+    class_names: one per class.
+    keep: how many ``(image, label, prediction)`` samples to return (the first ones).
+    on_image: called with each example and its class probabilities ``(*spatial, K)`` as it
+      is done, on the process that predicted it (``train.evaluate`` writes masks there).
+
+  Returns:
+    ``{"summary": metrics.summarize(...) plus "loss", each loss term and the decomposition
+    terms (means over images), "per_image": {metric: (N, C), "name": (N,)} in split order,
+    "samples"}``, the same on every process.
   """
-  results, samples = [], []
-  loss_sums: dict[str, float] = {}
-  count = 0
-  for batch in batches:
-    placed = batch if mesh is None else parallel.put_eval_batch(batch, mesh)
-    classes, probs, loss, terms = jax.device_get(eval_step(params, rest, placed, weight))
-    size = len(batch["label"])
-    for key, value in {"loss": loss, **terms}.items():
-      loss_sums[key] = loss_sums.get(key, 0.0) + float(value) * size
-    count += size
-    results.append(metrics.evaluate_batch(classes, batch["label"], num_classes=len(class_names),
-                                          ignore_index=rl_data.IGNORE_INDEX, probs=probs))
-    for i in range(min(size, keep - len(samples))):
-      samples.append((np.asarray(batch["image"][i]), np.asarray(batch["label"][i]),
-                      np.asarray(classes[i])))
-  if not results:
-    raise ValueError("the evaluation split yielded no batch; is it empty?")
-  summary = metrics.summarize(results, class_names=class_names)
-  summary.update({key: total / count for key, total in loss_sums.items()})
-  per_image = {key: np.concatenate([r[key] for r in results])
-               for key in ("dice", "iou", "hd95", "gt_proportion", "pred_proportion",
-                           "pred_proportion_soft")}
-  return {"summary": summary, "per_image": per_image, "samples": samples}
+  num_classes = len(class_names)
+  rows, names, samples = [], [], []
+  score_names = None
+  window = predictor.window
+  for group in _same_size_groups(examples, predictor.batch_size):
+    images = np.stack([ex["image"] for ex in group])
+    labels = np.stack([ex["label"] for ex in group])
+    logits = predictor.logits(images)
+    probs = predictor.probabilities(logits)
+    classes = np.argmax(probs, axis=-1).astype(np.int32)
+    # Losses on a grid rounded up to whole windows: ignored padding counts nowhere, and few
+    # distinct shapes means few compilations.
+    bucket = [math.ceil(s / w) * w for s, w in zip(labels.shape[1:], window)]
+    scores = jax.device_get(score_fn(_padded(logits, bucket, 0.0),
+                                     _padded(labels, bucket, rl_data.IGNORE_INDEX), weight))
+    score_names = score_names or sorted(scores)
+    result = metrics.evaluate_batch(classes, labels, num_classes=num_classes,
+                                    ignore_index=rl_data.IGNORE_INDEX, probs=probs)
+    for i, example in enumerate(group):
+      row = [float(example["index"])] + [float(scores[k][i]) for k in score_names]
+      row += [float(v) for key in PER_IMAGE_KEYS for v in result[key][i]]
+      rows.append(row)
+      names.append(example["name"])
+      if len(samples) < keep:
+        samples.append((example["image"], example["label"], classes[i]))
+      if on_image is not None:
+        on_image(example, probs[i])
+  if score_names is None:  # this process had no image; the others tell the names
+    score_names = sorted(jax.device_get(score_fn(
+        np.zeros((1, *window, 1 if predictor.binary else num_classes), np.float32),
+        np.zeros((1, *window), np.int32), weight)))
+  logging.info("process %d of %d: evaluated %d image(s)", jax.process_index(),
+               jax.process_count(), len(rows))
+  width = 1 + len(score_names) + len(PER_IMAGE_KEYS) * num_classes
+  gathered = parallel.gather_rows(np.asarray(rows, np.float64).reshape(-1, width))
+  if not len(gathered):
+    raise ValueError("the evaluation split holds no image; is it empty?")
+  # Names travel as fixed-width bytes, in the same process order as the rows.
+  encoded = np.asarray([n.encode()[:NAME_BYTES] for n in names], f"S{NAME_BYTES}")
+  all_names = parallel.gather_rows(encoded.view(np.uint8).reshape(len(names), NAME_BYTES))
+  all_names = all_names.reshape(-1).view(f"S{NAME_BYTES}")
+  order = np.argsort(gathered[:, 0], kind="stable")
+  gathered, all_names = gathered[order], all_names[order]
+  score_values = dict(zip(score_names, gathered[:, 1:1 + len(score_names)].T))
+  per_class = gathered[:, 1 + len(score_names):].reshape(len(gathered), len(PER_IMAGE_KEYS),
+                                                         num_classes)
+  per_image = {key: per_class[:, j] for j, key in enumerate(PER_IMAGE_KEYS)}
+  summary = metrics.summarize(per_image, class_names=class_names)
+  summary.update(_score_means(score_values))
+  saved = {k: per_image[k] for k in SAVED_PER_IMAGE}
+  saved["name"] = np.asarray([n.decode(errors="replace") for n in all_names])
+  return {"summary": summary, "per_image": saved, "samples": samples}
+
+
+def _score_means(scores: dict) -> dict:
+  out = {}
+  for name, values in scores.items():
+    if name.startswith("logdice_"):
+      continue
+    key = f"decomposition/{name}" if name.startswith("ce_") else name
+    out[key] = float(np.mean(values))
+  pairs = max(float(np.sum(scores["logdice_pairs"])), 1.0)
+  for part in ("matching", "size"):
+    out[f"decomposition/logdice_{part}"] = float(np.sum(scores[f"logdice_{part}"]) / pairs)
+  return out

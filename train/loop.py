@@ -15,10 +15,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from train import (checkpoints, config_checks, datasets, evaluation, optim, parallel, plots,
-                   reporting, step as step_lib)
+                   predictor, reporting, step as step_lib)
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
+# What train.predict needs besides the config: the class names, the dataset's preprocessing
+# of its files and the inference window.
+INFERENCE_FILE = "inference.json"
 PER_IMAGE_FILE = "test_per_image.npz"  # (N, C) arrays: dice, iou, hd95, proportions
 SUMMARY_KEYS = ("dice", "iou", "hd95", "precision", "recall", "proportion_mae",
                 "proportion_bias", "proportion_mae_soft", "proportion_bias_soft")
@@ -37,13 +40,29 @@ def _out_of_memory_message(config: ml_collections.ConfigDict, workdir: str, erro
   detail = str(error).strip().splitlines()[0][:200]
   return (f"out of memory on {jax.device_count()} x {device} ({detail}). Lower one of: "
           f"train.batch_size (now {config.train.batch_size}), train.eval_batch_size (now "
-          f"{config.train.eval_batch_size}), data.image_size (now "
-          f"{tuple(config.data.image_size) if config.data.image_size else 'dataset size'}), "
+          f"{config.train.eval_batch_size}), {_size_field(config)}, "
           f"model.features (now {config.model.features}) or model.max_features (now "
           f"{config.model.max_features or 'unset'}); or set precision='bfloat16' (now "
           f"{config.precision!r}); with several devices, parallel.shard_params=True splits the "
           f"parameters and optimiser state. Checkpoints in {workdir} are kept: re-run with a "
           "changed field and --overwrite, or the same command on a larger device to resume.")
+
+
+def _size_field(config: ml_collections.ConfigDict) -> str:
+  if config.data.patch_size:
+    return f"data.patch_size (now {tuple(config.data.patch_size)})"
+  size = tuple(config.data.image_size) if config.data.image_size else "dataset size"
+  return f"data.image_size (now {size})"
+
+
+def write_inference_record(workdir: str, data, window) -> None:
+  """``workdir/inference.json``: class names, preprocessing and window, for train.predict."""
+  record = {"class_names": list(data.class_names), "window": list(window),
+            "preprocessing": data.preprocessing.to_dict() if data.preprocessing else None}
+  tmp = os.path.join(workdir, INFERENCE_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, INFERENCE_FILE))
 
 
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
@@ -71,7 +90,7 @@ def _reset_workdir(workdir: str, current: dict, overwrite: bool) -> None:
   os.makedirs(workdir, exist_ok=True)
   if overwrite:
     for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, PER_IMAGE_FILE,
-                 "tensorboard", "plots"):
+                 INFERENCE_FILE, "tensorboard", "plots"):
       target = os.path.join(workdir, name)
       if os.path.isdir(target):
         shutil.rmtree(target)
@@ -150,8 +169,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = parallel.put_state(state, shardings.state)
   abstract_state = parallel.abstract(state, shardings.state)
   train_step = step_lib.make_train_step(config, graphdef, optimizer, shardings)
-  eval_step = evaluation.make_eval_step(config, eval_graphdef, mesh)
+  score_fn = evaluation.make_score_fn(config)
+  window = predictor.window_size(config, datasets.spatial_shape(config, splits["train"]))
+  if lead:
+    write_inference_record(workdir, splits["train"], window)
   weight_schedule = optim.loss_weight_schedule(config)
+
+  def evaluate(state, split: str, at_step: int, keep: int = 0) -> dict:
+    model = predictor.Predictor(config, eval_graphdef, state.params, state.rest, window=window)
+    return evaluation.evaluate(model, score_fn, datasets.eval_examples(config, splits[split]),
+                               weight=float(weight_schedule(at_step)),
+                               class_names=class_names, keep=keep)
 
   mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   iterator = iter(datasets.train_pipeline(config, splits["train"]))
@@ -172,11 +200,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = reporting.MetricWriter(workdir, enabled=lead, resume_step=start)
 
   def validate(at_step: int) -> float:
-    weight = float(weight_schedule(at_step))
-    result = evaluation.evaluate(
-        eval_step, state.params, state.rest,
-        datasets.eval_pipeline(config, splits["validation"]), weight=weight,
-        class_names=class_names, mesh=mesh)
+    result = evaluate(state, "validation", at_step)
     writer.write(at_step, "val", flatten_summary(result["summary"]))
     return result["summary"]["dice"]
 
@@ -226,11 +250,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   best = checkpoints.best_step(mngr) or mngr.latest_step()
   best_state, _ = checkpoints.restore(mngr, best, abstract_state)
-  test = evaluation.evaluate(
-      eval_step, best_state.params, best_state.rest,
-      datasets.eval_pipeline(config, splits["test"]),
-      weight=float(weight_schedule(config.train.steps)), class_names=class_names,
-      keep=config.train.num_overlays, mesh=mesh)
+  test = evaluate(best_state, "test", config.train.steps, keep=config.train.num_overlays)
   summary = {**test["summary"], "checkpoint_step": int(best)}
   if lead:
     np.savez_compressed(os.path.join(workdir, PER_IMAGE_FILE), **test["per_image"])

@@ -8,8 +8,10 @@ inserts the communication; this module only says where each array lives:
 * parameters and optimiser state are replicated, or, with ``parallel.shard_params``, split
   FSDP-style along their largest axis that the device count divides (for models whose
   state does not fit one device several times over);
-* evaluation batches, which every process reads whole, are split when the device count
-  divides them and replicated otherwise (the last, smaller batch of a split).
+* evaluation and prediction run apart on each process: every process takes its share of
+  the images, predicts them on its local devices with its own copy of the parameters
+  (:func:`local_mesh`, :func:`local_copy`), and the per-image results are then gathered
+  (:func:`gather_rows`).
 
 Because the computation is the same global program, the training losses do not depend on
 the device count beyond floating-point reduction order.
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from train import xla_flags
@@ -145,15 +148,46 @@ def put_train_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
-def put_eval_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-  """A global batch from the whole batch, which every process holds."""
-  size = len(batch["label"])
-  sharding = batch_sharding(mesh) if size % mesh.size == 0 else replicated(mesh)
-  return {k: _from_whole(np.asarray(v), sharding) for k, v in batch.items()}
+def local_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh named ``data`` over this process's own devices."""
+  return jax.sharding.Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
 
 
-def _from_whole(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+def local_copy(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Every leaf of a state on the training mesh, whole and replicated on ``mesh`` (this
+  process's devices), so that this process can compute with it on its own.
+
+  Replicated leaves are read from this process's first copy; leaves split over the devices
+  of several processes (``parallel.shard_params``) are gathered, which every process must
+  then do at the same point.
+  """
+  def leaf(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.is_fully_replicated:
+        whole = x.addressable_data(0)
+      else:
+        whole = multihost_utils.process_allgather(x, tiled=True)
+    else:
+      whole = x
+    return jax.device_put(whole, replicated(mesh))
+  return jax.tree.map(leaf, tree)
+
+
+def gather_rows(rows: np.ndarray) -> np.ndarray:
+  """The rows ``(n_i, ...)`` of every process, concatenated in process order, on every
+  process; float64 values travel as their bits, so they arrive exactly.
+
+  Each process may hold a different number of rows; with one process this is ``rows``.
+  """
+  rows = np.ascontiguousarray(rows)
+  if jax.process_count() == 1:
+    return rows
+  counts = multihost_utils.process_allgather(np.asarray([len(rows)], np.int32)).reshape(-1)
+  padded = np.zeros((int(counts.max()), *rows.shape[1:]), rows.dtype)
+  padded[:len(rows)] = rows
+  bits = padded.view(np.uint32)  # JAX arrays are 32-bit without x64
+  gathered = np.asarray(multihost_utils.process_allgather(bits)).view(rows.dtype)
+  return np.concatenate([gathered[p, :count] for p, count in enumerate(counts)])
 
 
 class StepShardings(NamedTuple):

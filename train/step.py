@@ -27,29 +27,53 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def make_model(config: ml_collections.ConfigDict, *, in_channels: int, num_classes: int,
-               seed: int) -> models.UNet:
+def model_factory(config: ml_collections.ConfigDict, *, in_channels: int, num_classes: int,
+                  seed: int) -> Callable[[], models.UNet]:
+  """A function that builds the run's U-Net with its initial parameters."""
   m = config.model
-  return models.compiled_init(lambda: models.UNet(
+  return lambda: models.UNet(
       in_channels, config_checks.model_channels(config, num_classes),
       spatial_dims=m.spatial_dims, depth=m.depth, features=m.features,
       max_features=m.max_features, norm=m.norm, activation=m.activation,
       dropout_rate=m.dropout_rate, upsample=m.upsample, deep_supervision=m.deep_supervision,
       dtype=jnp.bfloat16 if config.precision == "bfloat16" else None,
-      rngs=nnx.Rngs(params=seed, dropout=seed + 1)))
+      rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def init_state(model: models.UNet, optimizer: optax.GradientTransformation):
-  """``(train_graphdef, eval_graphdef, state)`` for a freshly built model."""
+def make_model(config: ml_collections.ConfigDict, *, in_channels: int, num_classes: int,
+               seed: int) -> models.UNet:
+  return models.compiled_init(model_factory(config, in_channels=in_channels,
+                                            num_classes=num_classes, seed=seed))
+
+
+def _split(model: models.UNet):
   model.train()
   train_graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()
   eval_graphdef = nnx.graphdef(model)
   model.train()
+  return train_graphdef, eval_graphdef, params, rest
+
+
+def init_state(model: models.UNet, optimizer: optax.GradientTransformation):
+  """``(train_graphdef, eval_graphdef, state)`` for a freshly built model."""
+  train_graphdef, eval_graphdef, params, rest = _split(model)
   # One program, not one eager zeros per parameter shape.
   opt_state = jax.jit(optimizer.init)(params)
   state = TrainState(jnp.zeros((), jnp.int32), params, rest, opt_state)
   return train_graphdef, eval_graphdef, state
+
+
+def abstract_state(config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation,
+                   *, in_channels: int, num_classes: int):
+  """``(eval_graphdef, state)`` with the state's shapes and dtypes only: what a checkpoint
+  is restored into, without computing any initial value."""
+  model = nnx.eval_shape(model_factory(config, in_channels=in_channels,
+                                       num_classes=num_classes, seed=0))
+  _, eval_graphdef, params, rest = _split(model)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  step = jax.ShapeDtypeStruct((), jnp.int32)
+  return eval_graphdef, TrainState(step, params, rest, opt_state)
 
 
 def _where_floating(condition, new, old):

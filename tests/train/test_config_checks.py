@@ -24,6 +24,12 @@ def test_shipped_configs_pass_the_checks(module):
     ("train.batch_size", 0, "positive integer"),
     ("data.image_size", (60, 60), "divisible by 2**model.depth=8"),
     ("model.spatial_dims", 3, "2-D data"),
+    ("data.patch_size", (20, 32), "data.patch_size=(20, 32) must be divisible by 2**model"),
+    ("data.patch_size", (32, 32, 32), "has 3 axes; the 2-D model"),
+    ("data.foreground_fraction", 1.5, "must be in [0, 1]"),
+    ("data.spacing", (1.0, 1.0, 1.0), "is for 3-D volumes"),
+    ("inference.overlap", 1.0, "must be in [0, 1)"),
+    ("inference.blend", "median", "gaussian, constant"),
 ])
 def test_bad_values_are_named_with_their_choices(field, value, expected):
   config = default.get_config()
@@ -35,6 +41,35 @@ def test_bad_values_are_named_with_their_choices(field, value, expected):
   with pytest.raises(ValueError) as error:
     config_checks.check_config(config)
   assert expected in str(error.value)
+
+
+def test_native_resolution_needs_patches():
+  config = folder.get_config()
+  config.data.dir, config.data.num_classes = "/data", 3
+  config.data.patch_size = None
+  with pytest.raises(ValueError, match=r"image_size=\(\) keeps every image at its own size.*"
+                                       r"set config.data.patch_size"):
+    config_checks.check_config(config)
+  config.data.image_size = (100, 100)  # resized whole images: the window is the image
+  with pytest.raises(ValueError, match="divisible by 2"):
+    config_checks.check_config(config)
+  config.data.patch_size = (64, 64)  # resized, then patches: any resize size will do
+  config_checks.check_config(config)
+
+
+def test_volume_spacing_and_window_are_checked():
+  config = volumes3d.get_config()
+  config.data.dir, config.data.num_classes = "/data", 3
+  config.data.spacing = (1.0, 0.0, 1.0)
+  with pytest.raises(ValueError, match="three positive voxel sizes"):
+    config_checks.check_config(config)
+  config.data.spacing = (2.0, 0.8, 0.8)
+  config.data.intensity_range = (300.0, -200.0)
+  with pytest.raises(ValueError, match="low < high"):
+    config_checks.check_config(config)
+  config.data.intensity_range = (-200.0, 300.0)
+  config_checks.check_config(config)
+  assert config_checks.data_options(config)["spacing"] == (2.0, 0.8, 0.8)
 
 
 def test_loss_option_that_the_loss_does_not_take():

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
+from PIL import Image
 
 from tests.train.conftest import REPO, SHARES_TINY_RUN, make_tiny, tiny_flags
 from train import config_checks, datasets, parallel
@@ -156,3 +157,38 @@ def test_two_processes_over_loopback_train_one_model(tmp_path, cache_dir):
   assert "test metrics" in outputs[0][0] and "test metrics" not in outputs[1][0]
   assert len(_train_losses(workdir)) == 3  # one writer: no line twice
   assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  # Evaluation is split: each process predicted its half of the 16 test images, and the
+  # gathered result is exactly what one process evaluating all 16 finds.
+  for _, err in outputs:
+    assert re.findall(r"process \d of 2: evaluated (\d+) image", err)[-1] == "8"
+  one = subprocess.run([sys.executable, "-m", "train.evaluate", f"--workdir={workdir}",
+                        f"--out={tmp_path / 'one'}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert "process 0 of 1: evaluated 16 image" in one.stderr
+  together = json.loads((workdir / "summary.json").read_text())["test"]
+  alone = json.loads((tmp_path / "one" / "summary.json").read_text())
+  # Equal up to float32 rounding: each process pools its own images into window batches.
+  for key in ("dice", "hd95", "proportion_mae", "loss", "decomposition/logdice_size"):
+    assert alone[key] == pytest.approx(together[key], rel=1e-6), key
+
+  # Prediction is split too: five new files, three for process 0 and two for process 1.
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  test = datasets.open_split(config, "test")
+  for i in range(5):
+    Image.fromarray(np.asarray(test.source[i]["image"])).save(inputs / f"new{i}.png")
+  address = f"127.0.0.1:{_free_port()}"
+  processes = [
+      subprocess.Popen([sys.executable, "-m", "train.predict", f"--workdir={workdir}",
+                        f"--input={inputs}", f"--out={tmp_path / 'masks'}",
+                        f"--coordinator_address={address}", "--num_processes=2",
+                        f"--process_id={i}"],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for process, (_, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  assert [re.search(r"predicting (\d) of 5", err).group(1) for _, err in outputs] == ["3", "2"]
+  assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
+      f"new{i}.png" for i in range(5)]

@@ -64,8 +64,10 @@ def test_few_step_run_writes_every_output(tmp_path, cache_dir, finished_tiny_run
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
+  # Patch training (random positions, foreground oversampling) and sliding-window
+  # evaluation: the data iterator's state must carry the patch stream across the kill.
   overrides = {"train.steps": 120, "train.checkpoint_every": 10, "train.eval_every": 60,
-               "train.log_every": 10}
+               "train.log_every": 10, "data.patch_size": (16, 16)}
   run_program(tmp_path / "straight", cache_dir, **overrides)
 
   workdir = tmp_path / "killed"

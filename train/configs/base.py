@@ -22,7 +22,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "imbalanced_shapes/multiclass"
   config.data.dir = ""  # folder / volumes: the dataset root
   config.data.num_classes = config_dict.placeholder(int)  # required for folder / volumes
-  config.data.image_size = (64, 64)  # (H, W) or (D, H, W); None keeps the dataset's size
+  # (H, W) or (D, H, W) every image is resized to; () keeps each image's own size (native
+  # resolution, which needs patch_size).
+  config.data.image_size = (64, 64)
+  # Train on random patches of this size (H, W) / (D, H, W) instead of whole images, and
+  # evaluate whole images through sliding windows of this size.
+  config.data.patch_size = config_dict.placeholder(tuple)
+  # Share of patches centred on a pixel of a foreground class, the class drawn uniformly
+  # among those in the image (nnU-Net's 1/3).
+  config.data.foreground_fraction = 1 / 3
+  config.data.spacing = config_dict.placeholder(tuple)  # volumes: resample to (D, H, W) mm
+  config.data.intensity_range = config_dict.placeholder(tuple)  # volumes: fixed window
   config.data.cache_dir = ""  # default ~/.cache/regionloss_jax
   config.data.split_sizes = config_dict.placeholder(tuple)  # imbalanced_shapes only
   config.data.border = "class"  # oxford_iiit_pet: trimap border as a "class" or "ignore"
@@ -80,6 +90,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_overlays = 6
   # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
   config.train.max_nonfinite_steps = 20
+
+  # Whole-image prediction (validation, test, train.evaluate, train.predict): sliding windows
+  # of data.patch_size (else of the whole image), train.eval_batch_size windows at a time.
+  config.inference = ml_collections.ConfigDict()
+  config.inference.overlap = 0.5
+  config.inference.blend = "gaussian"  # gaussian | constant
+  config.inference.tta = False  # average over mirroring every spatial axis
 
   config.parallel = ml_collections.ConfigDict()
   # Split parameters and optimiser state over the devices (FSDP-style) instead of
