@@ -34,6 +34,7 @@ compare: install
 bench: install
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/inference.py
 	$(if $(wildcard .venv-bench/bin/python),.venv-bench/bin/python,$(PY)) benchmarks/train_step.py
 
 # The train step against PyTorch eager. torch goes into its own .venv-bench, never into .venv

@@ -1,47 +1,88 @@
-"""Input-pipeline throughput: images/s of the default training pipeline at batch 16.
+"""Input-pipeline throughput: images/s of the training pipeline, whole images and patches.
 
-Prepares ``imbalanced_shapes`` (default 96x96 size) in a cache directory, then times the
-augmented training pipeline. Run: ``python benchmarks/pipeline.py [--task multiclass]``.
+1. ``imbalanced_shapes`` (default 96x96), batch 16: the augmented whole-image training
+   pipeline and the evaluation pipeline.
+2. A prepared folder of ``--native-count`` synthetic RGB images of ``--native-size`` pixels
+   (native resolution), batch 8: augmented ``--patch``-pixel patches with foreground
+   oversampling, and whole images one by one for evaluation (``eval_examples``).
+
+Run: ``python benchmarks/pipeline.py [--task multiclass] [--native-size 1024]``.
 """
 
 import argparse
+import pathlib
 import tempfile
 import time
+
+import numpy as np
+from PIL import Image
 
 from regionloss_jax import data
 
 
+def _rate(iterator, steps: int, batch: int) -> float:
+  next(iterator)  # warm-up: threads start, first reads
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(iterator)
+  return steps * batch / (time.perf_counter() - start)
+
+
+def _native_folder(root: pathlib.Path, count: int, size: int) -> pathlib.Path:
+  rng = np.random.default_rng(0)
+  for i in range(count):
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4: size // 2, size // 3: size // 2] = 1
+    mask[3 * size // 4: 3 * size // 4 + 8, size // 5: size // 5 + 8] = 2  # 64 pixels
+    image = (rng.integers(0, 80, (size, size, 3)) + 80 * mask[..., None]).astype(np.uint8)
+    for sub, array in (("images", image), ("masks", mask)):
+      (root / "train" / sub).mkdir(parents=True, exist_ok=True)
+      Image.fromarray(array).save(root / "train" / sub / f"img{i:03d}.png")
+  return root
+
+
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", default="multiclass", choices=("binary", "multiclass"))
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--native-count", type=int, default=16)
+  parser.add_argument("--native-size", type=int, default=1024)
+  parser.add_argument("--patch", type=int, default=256)
   parser.add_argument("--cache-dir", default=None, help="default: a temporary directory")
   args = parser.parse_args()
 
   with tempfile.TemporaryDirectory() as tmp:
+    cache = args.cache_dir or tmp
     start = time.perf_counter()
-    dataset = data.load(f"imbalanced_shapes/{args.task}", split="train",
-                        cache_dir=args.cache_dir or tmp)
+    dataset = data.load(f"imbalanced_shapes/{args.task}", split="train", cache_dir=cache)
     prepare_s = time.perf_counter() - start
     rows = []
     for name, train in (("train (augmented)", True), ("eval (resize+normalise)", False)):
       pipeline = data.make_pipeline(dataset, global_batch_size=args.batch, seed=0, train=train,
                                     num_threads=args.threads, shard_index=0, shard_count=1)
-      iterator = iter(pipeline)
-      next(iterator)  # Warm-up: threads start, first reads.
       steps = args.steps if train else min(args.steps, len(dataset) // args.batch - 1)
-      start = time.perf_counter()
-      for _ in range(steps):
-        next(iterator)
-      elapsed = time.perf_counter() - start
-      rows.append((name, steps * args.batch / elapsed))
+      rows.append((f"{name}, batch {args.batch}", _rate(iter(pipeline), steps, args.batch)))
+
+    root = _native_folder(pathlib.Path(tmp) / "native", args.native_count, args.native_size)
+    start = time.perf_counter()
+    native = data.load("folder", root=root, split="train", num_classes=3, image_size=None,
+                       cache_dir=cache, val_fraction=0.1, test_fraction=0.1)
+    native_prepare_s = time.perf_counter() - start
+    patches = data.make_pipeline(native, global_batch_size=8, seed=0, num_threads=args.threads,
+                                 patch_size=(args.patch, args.patch), shard_index=0,
+                                 shard_count=1)
+    rows.append((f"{args.patch}px patches of {args.native_size}px images, batch 8",
+                 _rate(iter(patches), 40, 8)))
+    whole = data.eval_examples(native, num_threads=args.threads)
+    rows.append((f"whole {args.native_size}px images for evaluation",
+                 _rate(iter(whole), len(native) - 1, 1)))
   print(f"imbalanced_shapes/{args.task}: {len(dataset)} train examples, prepare/open "
-        f"{prepare_s:.1f} s")
+        f"{prepare_s:.1f} s; native folder: {len(native)} train images of "
+        f"{args.native_size}x{args.native_size}, prepare {native_prepare_s:.1f} s")
   for name, rate in rows:
-    print(f"pipeline {name:26s} batch {args.batch}: {rate:8.0f} images/s "
-          f"({args.threads} threads)")
+    print(f"pipeline {name:52s}: {rate:8.1f} images/s ({args.threads} threads)")
 
 
 if __name__ == "__main__":

@@ -129,15 +129,16 @@ def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap
   mirror_axes = tuple(int(a) for a in mirror_axes)
   _check(images, window, overlap, blend, batch_size, mirror_axes)
   spatial = images.shape[1:-1]
-  padded_shape = tuple(max(s, w) for s, w in zip(spatial, window))
+  padded_shape = tuple(max(s, w) for s, w in zip(spatial, window, strict=True))
   # Padding is split evenly between both ends, so that a small image sits in the middle of
   # its window, where the Gaussian weights the output most.
-  before = [(p - s) // 2 for p, s in zip(padded_shape, spatial)]
+  before = [(p - s) // 2 for p, s in zip(padded_shape, spatial, strict=True)]
   if padded_shape != spatial:
-    widths = [(0, 0)] + [(b, p - s - b) for b, p, s in zip(before, padded_shape, spatial)]
+    widths = [(0, 0)] + [(b, p - s - b) for b, p, s
+                         in zip(before, padded_shape, spatial, strict=True)]
     images = np.pad(images, widths + [(0, 0)], constant_values=pad_value)
   origins = list(itertools.product(*(window_starts(p, w, overlap)
-                                     for p, w in zip(padded_shape, window))))
+                                     for p, w in zip(padded_shape, window, strict=True))))
   tasks = [(b, origin) for b in range(images.shape[0]) for origin in origins]
   predict = _mirrored(apply_fn, mirror_axes)
   single = len(origins) == 1  # one window per image: weights cancel, none is applied
@@ -150,7 +151,7 @@ def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap
     chunk = tasks[first:first + batch_size]
     windows = np.full((batch_size, *window, images.shape[-1]), pad_value, np.float32)
     for i, (b, origin) in enumerate(chunk):
-      windows[i] = images[(b, *(slice(o, o + w) for o, w in zip(origin, window)))]
+      windows[i] = images[(b, *(slice(o, o + w) for o, w in zip(origin, window, strict=True)))]
     result = predict(windows)
     if result.ndim != len(window) + 2 or tuple(result.shape[:-1]) != windows.shape[:-1]:
       raise ValueError(f"apply_fn must map windows {windows.shape} to (batch_size, *window, "
@@ -161,7 +162,7 @@ def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap
     if out is None:
       out = np.zeros((images.shape[0], *padded_shape, result.shape[-1]), np.float32)
     for i, (b, origin) in enumerate(chunk):
-      region = (b, *(slice(o, o + w) for o, w in zip(origin, window)))
+      region = (b, *(slice(o, o + w) for o, w in zip(origin, window, strict=True)))
       if single:
         out[region] = result[i]
       else:
@@ -169,7 +170,7 @@ def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap
   if not single:
     coverage = np.zeros(padded_shape, np.float32)
     for origin in origins:
-      coverage[tuple(slice(o, o + w) for o, w in zip(origin, window))] += weights
+      coverage[tuple(slice(o, o + w) for o, w in zip(origin, window, strict=True))] += weights
     out /= coverage[None, ..., None]
-  crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
+  crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
   return out[(slice(None), *crop)]

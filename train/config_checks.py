@@ -71,6 +71,12 @@ def data_options(config: ml_collections.ConfigDict) -> dict:
       raise ValueError(f"config.data.num_classes is required for data.name={name!r} "
                        "(classes including background).")
     options.update(root=cfg.dir, num_classes=cfg.num_classes)
+    if cfg.value_map:
+      try:
+        options["value_map"] = {int(raw): int(cls) for raw, cls in cfg.value_map}
+      except (TypeError, ValueError):
+        raise ValueError(f"config.data.value_map={cfg.value_map!r} must be (raw value, class "
+                         "id) pairs, e.g. ((0, 0), (255, 1)).") from None
     size = None if native(config) else tuple(cfg.image_size)
     options["image_size" if name == "folder" else "shape"] = size
     if name == "volumes":

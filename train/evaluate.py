@@ -48,8 +48,8 @@ def evaluate_checkpoint(workdir: str, *, split: str = "test", checkpoint: str = 
   data = datasets.open_split(run.config, split)
   out = out or os.path.join(workdir, "predictions", split)
   os.makedirs(out, exist_ok=True)
-  model = predictor.Predictor(run.config, run.eval_graphdef, run.params, run.rest,
-                              window=run.window, tta=tta)
+  model = predictor.Predictor(run.config, run.eval_graphdef, window=run.window,
+                              tta=tta).load(run.params, run.rest)
   result = evaluation.evaluate(
       model, evaluation.make_score_fn(run.config), datasets.eval_examples(run.config, data),
       weight=float(optim.loss_weight_schedule(run.config)(run.step)),

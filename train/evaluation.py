@@ -76,7 +76,7 @@ def make_score_fn(config: ml_collections.ConfigDict) -> Callable:
 
 def _padded(array: np.ndarray, shape, value) -> np.ndarray:
   """``array (B, *S, ...)`` padded at the end of its spatial axes to ``shape``."""
-  widths = [(0, 0)] + [(0, t - s) for s, t in zip(array.shape[1:], shape)]
+  widths = [(0, 0)] + [(0, t - s) for s, t in zip(array.shape[1:], shape, strict=False)]
   widths += [(0, 0)] * (array.ndim - len(widths))
   return np.pad(array, widths, constant_values=value)
 
@@ -121,7 +121,7 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
     classes = np.argmax(probs, axis=-1).astype(np.int32)
     # Losses on a grid rounded up to whole windows: ignored padding counts nowhere, and few
     # distinct shapes means few compilations.
-    bucket = [math.ceil(s / w) * w for s, w in zip(labels.shape[1:], window)]
+    bucket = [math.ceil(s / w) * w for s, w in zip(labels.shape[1:], window, strict=True)]
     scores = jax.device_get(score_fn(_padded(logits, bucket, 0.0),
                                      _padded(labels, bucket, rl_data.IGNORE_INDEX), weight))
     score_names = score_names or sorted(scores)
@@ -143,7 +143,22 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
   logging.info("process %d of %d: evaluated %d image(s)", jax.process_index(),
                jax.process_count(), len(rows))
   width = 1 + len(score_names) + len(PER_IMAGE_KEYS) * num_classes
-  gathered = parallel.gather_rows(np.asarray(rows, np.float64).reshape(-1, width))
+  gathered, all_names = _gather_in_split_order(np.asarray(rows, np.float64).reshape(-1, width),
+                                               names)
+  score_values = dict(zip(score_names, gathered[:, 1:1 + len(score_names)].T, strict=True))
+  per_class = gathered[:, 1 + len(score_names):].reshape(len(gathered), len(PER_IMAGE_KEYS),
+                                                         num_classes)
+  per_image = {key: per_class[:, j] for j, key in enumerate(PER_IMAGE_KEYS)}
+  summary = metrics.summarize(per_image, class_names=class_names)
+  summary.update(_score_means(score_values))
+  saved = {k: per_image[k] for k in SAVED_PER_IMAGE}
+  saved["name"] = all_names
+  return {"summary": summary, "per_image": saved, "samples": samples}
+
+
+def _gather_in_split_order(rows: np.ndarray, names: list[str]):
+  """Every process's rows (first column: the split index) and names, sorted by index."""
+  gathered = parallel.gather_rows(rows)
   if not len(gathered):
     raise ValueError("the evaluation split holds no image; is it empty?")
   # Names travel as fixed-width bytes, in the same process order as the rows.
@@ -151,16 +166,8 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
   all_names = parallel.gather_rows(encoded.view(np.uint8).reshape(len(names), NAME_BYTES))
   all_names = all_names.reshape(-1).view(f"S{NAME_BYTES}")
   order = np.argsort(gathered[:, 0], kind="stable")
-  gathered, all_names = gathered[order], all_names[order]
-  score_values = dict(zip(score_names, gathered[:, 1:1 + len(score_names)].T))
-  per_class = gathered[:, 1 + len(score_names):].reshape(len(gathered), len(PER_IMAGE_KEYS),
-                                                         num_classes)
-  per_image = {key: per_class[:, j] for j, key in enumerate(PER_IMAGE_KEYS)}
-  summary = metrics.summarize(per_image, class_names=class_names)
-  summary.update(_score_means(score_values))
-  saved = {k: per_image[k] for k in SAVED_PER_IMAGE}
-  saved["name"] = np.asarray([n.decode(errors="replace") for n in all_names])
-  return {"summary": summary, "per_image": saved, "samples": samples}
+  decoded = np.asarray([n.decode(errors="replace") for n in all_names[order]])
+  return gathered[order], decoded
 
 
 def _score_means(scores: dict) -> dict:

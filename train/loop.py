@@ -14,8 +14,18 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from train import (checkpoints, config_checks, datasets, evaluation, optim, parallel, plots,
-                   predictor, reporting, step as step_lib)
+from train import (
+  checkpoints,
+  config_checks,
+  datasets,
+  evaluation,
+  optim,
+  parallel,
+  plots,
+  predictor,
+  reporting,
+)
+from train import step as step_lib
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
@@ -175,9 +185,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     write_inference_record(workdir, splits["train"], window)
   weight_schedule = optim.loss_weight_schedule(config)
 
+  whole_images = predictor.Predictor(config, eval_graphdef, window=window)
+
   def evaluate(state, split: str, at_step: int, keep: int = 0) -> dict:
-    model = predictor.Predictor(config, eval_graphdef, state.params, state.rest, window=window)
-    return evaluation.evaluate(model, score_fn, datasets.eval_examples(config, splits[split]),
+    whole_images.load(state.params, state.rest)
+    return evaluation.evaluate(whole_images, score_fn,
+                               datasets.eval_examples(config, splits[split]),
                                weight=float(weight_schedule(at_step)),
                                class_names=class_names, keep=keep)
 

@@ -135,8 +135,8 @@ def predict(workdir: str, input_path: str, out: str, *, checkpoint: str = "best"
   if collisions:
     raise PredictionError("nothing was written:\n" + "\n".join(f"  - {c}" for c in collisions))
   os.makedirs(out, exist_ok=True)
-  model = predictor.Predictor(run.config, run.eval_graphdef, run.params, run.rest,
-                              window=run.window, tta=tta)
+  model = predictor.Predictor(run.config, run.eval_graphdef, window=run.window,
+                              tta=tta).load(run.params, run.rest)
   mine = inputs[jax.process_index()::jax.process_count()]
   logging.info("predicting %d of %d input(s) with checkpoint %d of %s", len(mine), len(inputs),
                run.step, workdir)

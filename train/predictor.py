@@ -45,32 +45,38 @@ def probabilities(logits: np.ndarray, *, binary: bool) -> np.ndarray:
 class Predictor:
   """Logits and probabilities of a trained model for whole images.
 
+  Built once per run (its window program compiles once); :meth:`load` gives it a state.
+
   Args:
     config: the run's config (model, ``loss.mode``, ``inference``, ``train.eval_batch_size``).
     eval_graphdef: the model's graph definition in evaluation mode.
-    params, rest: the trained state (on the training mesh, any sharding).
     window: the window size, from :func:`window_size`.
     tta: mirror every spatial axis (test-time augmentation); default ``config.inference.tta``.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, eval_graphdef, params, rest, *,
-               window, tta: bool | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, eval_graphdef, *, window,
+               tta: bool | None = None):
     self.config = config
     self.window = tuple(window)
     self.binary = config.loss.mode == "binary"
     self.tta = config.inference.tta if tta is None else tta
     self.mesh = parallel.local_mesh()
-    self.params = parallel.local_copy(params, self.mesh)
-    self.rest = parallel.local_copy(rest, self.mesh)
     self.batch_size = config.train.eval_batch_size
     split = self.batch_size % self.mesh.size == 0
     self.window_sharding = (parallel.batch_sharding(self.mesh) if split
                             else parallel.replicated(self.mesh))
+    self.params = self.rest = None
 
     def window_logits(params, rest, windows):
       return nnx.merge(eval_graphdef, params, rest)(windows)
 
     self._window_logits = jax.jit(window_logits, out_shardings=parallel.replicated(self.mesh))
+
+  def load(self, params, rest) -> Predictor:
+    """Predict with this state (on the training mesh, any sharding) from now on."""
+    self.params = parallel.local_copy(params, self.mesh)
+    self.rest = parallel.local_copy(rest, self.mesh)
+    return self
 
   def _apply(self, windows):
     windows = jax.device_put(windows, self.window_sharding)
@@ -78,6 +84,8 @@ class Predictor:
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """float32 logits ``(B, *spatial, C_out)`` for normalised images ``(B, *spatial, C)``."""
+    if self.params is None:
+      raise RuntimeError("Predictor.load(params, rest) first")
     return inference.sliding_window(
         self._apply, images, window=self.window, overlap=self.config.inference.overlap,
         blend=self.config.inference.blend, batch_size=self.batch_size,

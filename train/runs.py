@@ -52,7 +52,8 @@ def checkpoint_step(mngr, checkpoint: str, workdir: str) -> int:
     try:
       step = int(checkpoint)
     except ValueError:
-      raise ValueError(f"--checkpoint={checkpoint!r}: use best, latest or a step number.")
+      raise ValueError(f"--checkpoint={checkpoint!r}: use best, latest or a step number.") \
+          from None
   if step is None or step not in mngr.all_steps():
     raise ValueError(f"checkpoint {checkpoint!r} not found in {workdir}/checkpoints; "
                      f"available steps: {sorted(mngr.all_steps())}.")

@@ -8,7 +8,8 @@ statistics and the dropout RNG state, which advance with each step).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.nnx as nnx
 import jax

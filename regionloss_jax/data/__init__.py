@@ -15,8 +15,12 @@ and ``oxford_iiit_pet`` (downloaded by TFDS).
 from regionloss_jax.data.augment import Augment
 from regionloss_jax.data.cache import cache_dir
 from regionloss_jax.data.folder import SegmentationFolder, load_folder
-from regionloss_jax.data.imbalanced_shapes import (ImbalancedShapes, ImbalancedShapesConfig,
-                                                   load_imbalanced_shapes, shapes_config)
+from regionloss_jax.data.imbalanced_shapes import (
+  ImbalancedShapes,
+  ImbalancedShapesConfig,
+  load_imbalanced_shapes,
+  shapes_config,
+)
 from regionloss_jax.data.oxford_pet import load_oxford_pet
 from regionloss_jax.data.pipeline import eval_examples, make_pipeline, restore_state, save_state
 from regionloss_jax.data.preprocess import Preprocessing

@@ -174,7 +174,7 @@ def warp_patch(image: np.ndarray, mask: np.ndarray, matrix, offset, patch_shape)
   source = matrix @ corners.reshape(n, -1) + offset[:, None]
   lo = np.clip(np.floor(source.min(axis=1)).astype(int) - 1, 0, mask.shape)
   hi = np.clip(np.ceil(source.max(axis=1)).astype(int) + 2, 0, mask.shape)
-  box = tuple(slice(a, b) for a, b in zip(lo, hi))
+  box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
   image, mask = image[box], mask[box]
   offset = offset - lo
   if np.array_equal(matrix, np.eye(n)) and np.array_equal(offset, np.round(offset)):
@@ -203,7 +203,7 @@ def _shifted_crop(image, mask, start, patch_shape):
   out_mask = np.full(patch_shape, IGNORE_INDEX, np.uint8)
   inside = np.zeros(patch_shape, bool)
   src, dst = [], []
-  for begin, size, length in zip(start, patch_shape, mask.shape):
+  for begin, size, length in zip(start, patch_shape, mask.shape, strict=True):
     a, b = max(begin, 0), min(begin + size, length)
     src.append(slice(a, max(a, b)))
     dst.append(slice(a - begin, a - begin + max(b - a, 0)))

@@ -23,8 +23,13 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from regionloss_jax.data import pairing, patches, preprocess
-from regionloss_jax.data.files import (GREY_MODES, HIGH_DEPTH_MODES, image_stem, read_image,
-                                       read_mask)
+from regionloss_jax.data.files import (
+  GREY_MODES,
+  HIGH_DEPTH_MODES,
+  image_stem,
+  read_image,
+  read_mask,
+)
 from regionloss_jax.data.source import DataError, SegmentationData
 
 MEAN, STD = 0.5, 0.25

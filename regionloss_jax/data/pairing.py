@@ -137,7 +137,8 @@ def value_problem(path, values: np.ndarray, lookup: dict[int, int]) -> str | Non
     return None
   hint = ""
   if set(values.tolist()) <= {0, 255}:
-    hint = "; binary masks stored as 0/255 need value_map={0: 0, 255: 1}"
+    hint = ("; binary masks stored as 0/255 need value_map={0: 0, 255: 1} (in a run "
+            "config: --config.data.value_map=\"((0,0),(255,1))\")")
   return (f"{path}: mask values outside the declared classes: {bad} (found "
           f"{sorted(values.tolist())}, allowed {sorted(lookup)}){hint}")
 

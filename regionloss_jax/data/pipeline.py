@@ -27,8 +27,14 @@ import grain
 import numpy as np
 
 from regionloss_jax.data import patches
-from regionloss_jax.data.augment import (Augment, jitter, sample_affine, sample_patch_affine,
-                                            warp, warp_patch)
+from regionloss_jax.data.augment import (
+  Augment,
+  jitter,
+  sample_affine,
+  sample_patch_affine,
+  warp,
+  warp_patch,
+)
 from regionloss_jax.data.preprocess import value_scale
 from regionloss_jax.data.source import SegmentationData
 
@@ -49,7 +55,7 @@ def _decoded(example: dict, data: SegmentationData, relabel: bool):
   if raw_mask.shape != image.shape[:-1]:
     # Some sources (mocked ones among them) give image and mask different sizes; bring the
     # mask onto the image grid by nearest neighbour before anything else.
-    zoom = [o / i for o, i in zip(image.shape[:-1], raw_mask.shape)]
+    zoom = [o / i for o, i in zip(image.shape[:-1], raw_mask.shape, strict=True)]
     from scipy import ndimage
     raw_mask = ndimage.zoom(raw_mask, zoom, order=0, grid_mode=True, mode="nearest")
   return image, (data.label_lut[raw_mask] if relabel else raw_mask)

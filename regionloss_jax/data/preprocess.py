@@ -179,7 +179,7 @@ def resample(array: np.ndarray, shape: Sequence[int], *, order: int) -> np.ndarr
   n = len(shape)
   if array.shape[:n] == shape:
     return array
-  zoom = [t / s for t, s in zip(shape, array.shape[:n])]
+  zoom = [t / s for t, s in zip(shape, array.shape[:n], strict=True)]
   if array.ndim == n:
     return ndimage.zoom(array, zoom, order=order, mode="nearest", grid_mode=True)
   flat = array.reshape(*array.shape[:n], -1)
@@ -200,7 +200,7 @@ def fit_shape(array: np.ndarray, shape: Sequence[int], *, mode: str, order: int,
   out = np.empty(shape + array.shape[len(shape):], array.dtype)
   out[...] = fill
   src, dst = [], []
-  for size, target in zip(array.shape, shape):
+  for size, target in zip(array.shape, shape, strict=False):
     if size >= target:
       start = (size - target) // 2
       src.append(slice(start, start + target))
@@ -216,7 +216,8 @@ def fit_shape(array: np.ndarray, shape: Sequence[int], *, mode: str, order: int,
 def spaced_shape(shape: Sequence[int], spacing: Sequence[float],
                  target: Sequence[float]) -> tuple[int, ...]:
   """The grid a volume of ``shape`` voxels of ``spacing`` mm has at ``target`` mm."""
-  return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+  return tuple(max(1, int(round(n * s / t)))
+               for n, s, t in zip(shape, spacing, target, strict=True))
 
 
 def grid_shapes(prep: Preprocessing, original_shape: Sequence[int],
@@ -285,7 +286,7 @@ def to_original(prep: Preprocessing, probs: np.ndarray, original_shape: Sequence
   if tuple(probs.shape[:-1]) != shapes[-1]:
     raise ValueError(f"probabilities of spatial shape {probs.shape[:-1]} do not match the "
                      f"model grid {shapes[-1]} of an input of shape {tuple(original_shape)}")
-  steps = list(zip(shapes[:-1], shapes[1:]))
+  steps = list(zip(shapes[:-1], shapes[1:], strict=True))
   for index, (before, _) in reversed(list(enumerate(steps))):
     fitting = prep.size is not None and index == len(steps) - 1
     if fitting and prep.spatial_dims == 3 and prep.fit_mode == "crop_or_pad":

@@ -48,7 +48,7 @@ def test_patches_have_one_shape_and_are_exact_crops_at_native_resolution():
   dataset = _varied_source()
   for batch in _patches(dataset):
     assert batch["image"].shape == (4, 16, 24, 2) and batch["label"].shape == (4, 16, 24)
-    for image, label in zip(batch["image"], batch["label"]):
+    for image, label in zip(batch["image"], batch["label"], strict=True):
       inside = label != IGNORE_INDEX  # patches near a border reach beyond the image
       example = dataset.source[int(image[inside][0, 1])]
       full_mask = example["segmentation_mask"][..., 0]
@@ -129,7 +129,7 @@ def test_same_seed_same_patches_and_resume_is_exact(tmp_path):
   settings = augment.Augment(max_rotation_deg=10)
   first = _patches(dataset, steps=10, augment=settings)
   again = _patches(dataset, steps=10, augment=settings)
-  for a, b in zip(first, again):
+  for a, b in zip(first, again, strict=True):
     np.testing.assert_array_equal(a["image"], b["image"])
   other = _patches(dataset, steps=1, augment=settings, seed=1)[0]
   assert not np.array_equal(first[0]["image"], other["image"])
@@ -178,7 +178,7 @@ def test_eval_examples_are_whole_images_in_order_with_names():
   examples = list(data.eval_examples(dataset))
   assert [e["index"] for e in examples] == list(range(5))
   assert [e["name"] for e in examples] == [f"{i:05d}" for i in range(5)]
-  for example, raw in zip(examples, dataset.source):
+  for example, raw in zip(examples, dataset.source, strict=True):
     np.testing.assert_array_equal(example["image"], raw["image"])
     np.testing.assert_array_equal(example["label"], raw["segmentation_mask"][..., 0])
   shares = [[e["index"] for e in data.eval_examples(dataset, shard_index=i, shard_count=2)]

@@ -116,3 +116,13 @@ def test_schedules_reach_their_targets():
   assert [float(weight(s)) for s in (0, 10, 20, 30)] == pytest.approx([0.1, 0.2, 0.4, 0.5])
   config.loss.weight_schedule.update(kind="linear", start_weight=0.0, ramp_steps=10)
   assert float(optim.loss_weight_schedule(config)(5)) == pytest.approx(0.25)
+
+
+def test_value_map_pairs_become_the_loaders_mapping():
+  config = folder.get_config()
+  config.data.dir, config.data.num_classes = "/data", 2
+  config.data.value_map = ((0, 0), (255, 1))
+  assert config_checks.data_options(config)["value_map"] == {0: 0, 255: 1}
+  config.data.value_map = (0, 255)
+  with pytest.raises(ValueError, match=r"must be \(raw value, class id\) pairs"):
+    config_checks.check_config(config)

@@ -71,7 +71,7 @@ def test_validation_and_test_metrics_are_computed_on_whole_native_images(folder_
   # The per-image ground-truth proportions are those of the mask files at their own size.
   per_image = np.load(workdir / "test_per_image.npz")
   assert sorted(per_image["name"]) == ["test0.png", "test1.png"]
-  for name, proportions in zip(per_image["name"], per_image["gt_proportion"]):
+  for name, proportions in zip(per_image["name"], per_image["gt_proportion"], strict=True):
     mask = np.asarray(Image.open(root / "test" / "masks" / name))
     expected = np.bincount(mask.ravel(), minlength=3) / mask.size
     np.testing.assert_allclose(proportions, expected, rtol=1e-12)
@@ -99,7 +99,7 @@ def test_predict_writes_every_readable_input_and_names_every_bad_one(folder_run,
   rng = np.random.default_rng(5)
   grey, _ = _grey_case(rng, 61, 23)
   Image.fromarray(grey).save(inputs / "wide.png")
-  Image.fromarray((grey.astype(np.uint16) * 200)).save(inputs / "sixteen.png")  # 16-bit
+  Image.fromarray(grey.astype(np.uint16) * 200).save(inputs / "sixteen.png")  # 16-bit
   np.save(inputs / "array.npy", rng.normal(size=(19, 70)).astype(np.float32))
   for name in ("test0.png", "test1.png"):  # the test images: masks must equal evaluate's
     (inputs / name).write_bytes((root / "test" / "images" / name).read_bytes())

@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "imbalanced_shapes/multiclass"
   config.data.dir = ""  # folder / volumes: the dataset root
   config.data.num_classes = config_dict.placeholder(int)  # required for folder / volumes
+  # folder / volumes: (raw mask value, class id) pairs, e.g. ((0, 0), (255, 1)) for 0/255
+  # binary masks; unset: mask values are class ids.
+  config.data.value_map = config_dict.placeholder(tuple)
   # (H, W) or (D, H, W) every image is resized to; () keeps each image's own size (native
   # resolution, which needs patch_size).
   config.data.image_size = (64, 64)
