@@ -16,6 +16,14 @@ HD95               0 when both are empty; the image diagonal (the largest possib
                    distance) when exactly one is empty
 proportions        0 for an image whose pixels are all ignored
 =================  ================================================================
+
+These per-image values are what :func:`evaluate_batch` returns. Averages over images
+(:func:`summarize`) follow MONAI's ``DiceMetric(ignore_empty=True)`` and nnU-Net: a class's
+Dice, IoU, HD95, precision and recall are means over the images where the class is present,
+so that a class the model never predicts scores 0, not the share of images without it.
+Beside them, ``detection_rate`` (images with the class where the prediction overlaps it)
+and ``absent_false_positive_rate`` (images without the class where some of it is predicted)
+say what happens on the other images, and ``ece`` is the class's expected calibration error.
 """
 
 from __future__ import annotations
@@ -346,7 +354,8 @@ def evaluate_batch(
     Returns:
       A dict of ``(B, C)`` arrays: ``tp``, ``fp``, ``fn`` (int64); ``dice``, ``iou``,
       ``precision``, ``recall``, ``hd95`` and the proportions of :func:`region_proportions`
-      (float64). Empty-mask conventions are in the module docstring.
+      (float64); with ``probs`` also ``calibration`` ``(B, C, bins, 3)``
+      (:func:`calibration_bins`). Empty-mask conventions are in the module docstring.
     """
     pred, labels, valid = _as_int_masks(
         pred, labels, num_classes=num_classes, ignore_index=ignore_index
@@ -364,22 +373,97 @@ def evaluate_batch(
             pred, labels, num_classes=num_classes, ignore_index=ignore_index, spacing=spacing
         ),
         **_proportions(matrices, valid, probs, num_classes),
+        **(
+            {}
+            if probs is None
+            else {
+                "calibration": calibration_bins(
+                    probs, labels, num_classes=num_classes, ignore_index=ignore_index
+                )
+            }
+        ),
     }
 
 
-_SUMMARY_KEYS = {
-    "dice": "dice",
-    "iou": "iou",
-    "hd95": "hd95",
-    "precision": "precision",
-    "recall": "recall",
+CALIBRATION_BINS = 15
+
+
+def calibration_bins(probs, labels, *, num_classes: int, ignore_index: int | None = None,
+                     bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """Per image and class, the reliability histogram of the predicted class probability.
+
+    For class k, every valid pixel falls in the equal-width bin of ``probs[..., k]`` in
+    ``[0, 1]`` (``bins`` bins, 1.0 in the last); per bin the pixel count, the sum of
+    ``probs[..., k]`` (confidence) and the number of pixels whose label is k (accuracy).
+    Summed over images they give :func:`expected_calibration_error`.
+
+    Args:
+      probs: class probabilities ``(B, *spatial, C)``.
+      labels: integer ``(B, *spatial)``, may hold ``ignore_index``.
+      num_classes: C.
+      ignore_index: label value of pixels to leave out.
+      bins: number of bins.
+
+    Returns:
+      float64 ``(B, C, bins, 3)``: ``[count, sum of probabilities, count of class k]``.
+    """
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels)
+    if probs.shape != (*labels.shape, num_classes):
+        raise ValueError(
+            f"probs must have shape (B, *spatial, num_classes) = {(*labels.shape, num_classes)}, "
+            f"got {probs.shape}."
+        )
+    batch = labels.shape[0]
+    valid = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    probs = probs.reshape(batch, -1, num_classes)
+    valid = valid.reshape(batch, -1)
+    labels = labels.reshape(batch, -1)
+    which = np.minimum((probs * bins).astype(np.int64), bins - 1)  # (B, N, C)
+    flat = which + bins * np.arange(num_classes)  # a bin index per (class, bin)
+    out = np.zeros((batch, num_classes * bins, 3))
+    for b in range(batch):
+        index = flat[b][valid[b]].reshape(-1)
+        p = probs[b][valid[b]].reshape(-1)
+        hit = (labels[b][valid[b]][:, None] == np.arange(num_classes)).reshape(-1)
+        size = num_classes * bins
+        out[b, :, 0] = np.bincount(index, minlength=size)
+        out[b, :, 1] = np.bincount(index, weights=p, minlength=size)
+        out[b, :, 2] = np.bincount(index, weights=hit.astype(np.float64), minlength=size)
+    return out.reshape(batch, num_classes, bins, 3)
+
+
+def expected_calibration_error(histogram) -> np.ndarray:
+    """Per class, ``ECE = sum_b (n_b / N) |acc_b - conf_b|`` from a :func:`calibration_bins`
+    histogram ``(..., C, bins, 3)`` summed over images (``(C, bins, 3)``); 0 for a class
+    with no pixel. Returns float64 ``(C,)``."""
+    histogram = np.asarray(histogram, np.float64)
+    count = histogram[..., 0].sum(axis=-1)
+    gaps = np.abs(histogram[..., 2] - histogram[..., 1]).sum(axis=-1)
+    return _ratio(gaps, count, 0.0)
+
+
+# summary key -> evaluate_batch key. The first group is averaged over the images where the
+# class is present, the proportions over every image.
+_PRESENT_ONLY_KEYS = ("dice", "iou", "hd95", "precision", "recall")
+_PROPORTION_KEYS = {
     "proportion_mae": "proportion_abs_error",
     "proportion_bias": "proportion_bias",
 }
-_SOFT_SUMMARY_KEYS = {
+_SOFT_PROPORTION_KEYS = {
     "proportion_mae_soft": "proportion_abs_error_soft",
     "proportion_bias_soft": "proportion_bias_soft",
 }
+
+
+def _mean_where(values: np.ndarray, where: np.ndarray) -> float | None:
+    """Mean of ``values`` over ``where``; ``None`` when ``where`` selects nothing."""
+    return float(values[where].mean()) if where.any() else None
+
+
+def _mean_of_defined(values) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
 
 
 def summarize(
@@ -390,11 +474,22 @@ def summarize(
 ) -> dict[str, Any]:
     """Aggregates :func:`evaluate_batch` outputs over images and classes.
 
-    Each summary value is the mean over all images and over the summarised classes: the
-    foreground classes ``1..C-1`` by default (so class 1 alone for a binary task), or all
-    classes with ``include_background=True`` (and always when C = 1).
-    ``proportion_mae`` is the mean of ``|tauhat - tau|`` and ``proportion_bias`` the mean of
-    ``tauhat - tau`` (negative: the model under-segments).
+    Per class k, with ``present`` the images whose ground truth holds k (``tp + fn > 0``):
+
+    * ``dice``, ``iou``, ``hd95``, ``precision``, ``recall``: means over the present images
+      (MONAI's ``ignore_empty=True``, nnU-Net); ``None`` when no image holds the class;
+    * ``detection_rate``: share of the present images where the prediction overlaps the
+      class (``tp > 0``); ``absent_false_positive_rate``: share of the other images where
+      some of it is predicted (``fp > 0``); ``None`` when there is no such image;
+    * ``num_present``; ``dice_all_images``: the older convention, the mean Dice over every
+      image, counting an image without the class and without its prediction as 1;
+    * ``proportion_mae`` = mean ``|tauhat - tau|`` and ``proportion_bias`` = mean
+      ``tauhat - tau`` (negative: under-segmentation) over every image, soft ones too when
+      every batch had ``probs``; ``ece`` when every batch had ``calibration``.
+
+    The top-level values are the means of the per-class values over the foreground classes
+    ``1..C-1`` (all classes with ``include_background=True``, and always when C = 1),
+    leaving out classes whose value is ``None``.
 
     Args:
       results: one dict from :func:`evaluate_batch` or a sequence of them (same C).
@@ -402,27 +497,27 @@ def summarize(
       include_background: also average class 0.
 
     Returns:
-      ``{"dice", "iou", "hd95", "precision", "recall", "proportion_mae", "proportion_bias",
-      "num_images", "per_class": {name: {same metrics, means over images}}}``, Python floats;
-      ``proportion_mae_soft`` and ``proportion_bias_soft`` too when every batch had ``probs``.
+      ``{metric: float | None, "num_images": int, "per_class": {name: {metric: ...}}}``.
     """
     if isinstance(results, Mapping):
         results = [results]
     if not results:
         raise ValueError("summarize needs at least one evaluate_batch result, got none.")
-    keys = dict(_SUMMARY_KEYS)
-    if all(_SOFT_SUMMARY_KEYS["proportion_mae_soft"] in r for r in results):
-        keys |= _SOFT_SUMMARY_KEYS
+    keys = ["tp", "fp", "fn", *_PRESENT_ONLY_KEYS, *_PROPORTION_KEYS.values()]
+    soft = all(_SOFT_PROPORTION_KEYS["proportion_mae_soft"] in r for r in results)
+    if soft:
+        keys += list(_SOFT_PROPORTION_KEYS.values())
+    calibrated = all("calibration" in r for r in results)
     stacked = {}
-    for summary_key, result_key in keys.items():
-        arrays = [np.asarray(r[result_key], np.float64) for r in results]
+    for key in keys + (["calibration"] if calibrated else []):
+        arrays = [np.asarray(r[key], np.float64) for r in results]
         shapes = {a.shape[1:] for a in arrays}
-        if len(shapes) != 1 or arrays[0].ndim != 2:
+        if len(shapes) != 1 or (key != "calibration" and arrays[0].ndim != 2):
             raise ValueError(
-                f"every result must hold (B, C) arrays with the same C; got {result_key} "
+                f"every result must hold (B, C) arrays with the same C; got {key} "
                 f"shapes {[a.shape for a in arrays]}."
             )
-        stacked[summary_key] = np.concatenate(arrays, axis=0)
+        stacked[key] = np.concatenate(arrays, axis=0)
     num_images, num_classes = stacked["dice"].shape
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
@@ -430,18 +525,33 @@ def summarize(
             f"{list(class_names)}."
         )
     names = list(class_names) if class_names is not None else list(range(num_classes))
-    averaged = slice(0 if include_background or num_classes == 1 else 1, None)
+    present = (stacked["tp"] + stacked["fn"]) > 0
+    proportion_keys = dict(_PROPORTION_KEYS) | (_SOFT_PROPORTION_KEYS if soft else {})
+    ece = (expected_calibration_error(stacked["calibration"].sum(axis=0)) if calibrated
+           else None)
 
+    per_class = {}
+    for k, name in enumerate(names):
+        here, absent = present[:, k], ~present[:, k]
+        values: dict[str, Any] = {
+            key: _mean_where(stacked[key][:, k], here) for key in _PRESENT_ONLY_KEYS
+        }
+        values["detection_rate"] = _mean_where(stacked["tp"][:, k] > 0, here)
+        values["absent_false_positive_rate"] = _mean_where(stacked["fp"][:, k] > 0, absent)
+        values["num_present"] = int(here.sum())
+        values["dice_all_images"] = float(stacked["dice"][:, k].mean()) if num_images else None
+        for key, source in proportion_keys.items():
+            values[key] = float(stacked[source][:, k].mean()) if num_images else 0.0
+        if ece is not None:
+            values["ece"] = float(ece[k])
+        per_class[name] = values
+
+    averaged = names[0 if include_background or num_classes == 1 else 1:]
     summary: dict[str, Any] = {
-        key: float(values[:, averaged].mean()) if num_images else 0.0
-        for key, values in stacked.items()
+        key: _mean_of_defined(per_class[name][key] for name in averaged)
+        for key in per_class[names[0]]
+        if key != "num_present"
     }
     summary["num_images"] = int(num_images)
-    summary["per_class"] = {
-        name: {
-            key: float(values[:, k].mean()) if num_images else 0.0
-            for key, values in stacked.items()
-        }
-        for k, name in enumerate(names)
-    }
+    summary["per_class"] = per_class
     return summary

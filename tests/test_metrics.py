@@ -243,31 +243,95 @@ def test_summarize_means_over_images_and_foreground_classes():
     second = metrics.evaluate_batch(pred[1:], labels[1:], num_classes=3, probs=probs[1:])
     summary = metrics.summarize([first, second], class_names=["bg", "liver", "tumour"])
 
-    # Per image and class dice: [[1, 2/3, 2/3], [1, 1, 1]]; foreground mean (2/3+2/3+1+1)/4.
-    assert summary["dice"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1) / 4)
-    assert summary["iou"] == pytest.approx((1 / 2 + 1 / 2 + 1 + 1) / 4)
+    # Per image and class dice: [[1, 2/3, 2/3], [1, 1, 1]], but class 1 (liver) is absent
+    # from image 1 and counts only in image 0; class 2 (tumour) is in both.
+    assert summary["per_class"]["liver"]["dice"] == pytest.approx(2 / 3)
+    assert summary["per_class"]["tumour"]["dice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert summary["dice"] == pytest.approx((2 / 3 + 5 / 6) / 2)
+    assert summary["iou"] == pytest.approx((1 / 2 + (1 / 2 + 1) / 2) / 2)
+    assert summary["per_class"]["liver"]["dice_all_images"] == pytest.approx((2 / 3 + 1) / 2)
     assert summary["num_images"] == 2
+    assert summary["per_class"]["liver"]["num_present"] == 1
     assert set(summary["per_class"]) == {"bg", "liver", "tumour"}
-    assert summary["per_class"]["liver"]["dice"] == pytest.approx((2 / 3 + 1) / 2)
     assert summary["per_class"]["tumour"]["recall"] == pytest.approx(1.0)
-    # Image 0: tau = (1/4, 2/4, 1/4), tauhat = (1/4, 1/4, 2/4): bias (0, -1/4, +1/4); image 1 exact.
+    # Image 0: tau = (1/4, 2/4, 1/4), tauhat = (1/4, 1/4, 2/4): bias (0, -1/4, +1/4); image 1
+    # exact. Proportions average over every image, present or not.
     assert summary["per_class"]["liver"]["proportion_bias"] == pytest.approx(-1 / 8)
     assert summary["per_class"]["tumour"]["proportion_bias"] == pytest.approx(1 / 8)
     assert summary["proportion_bias"] == pytest.approx(0.0)
     assert summary["proportion_mae"] == pytest.approx((1 / 4 + 1 / 4) / 4)
     # Image 0, class 1: truth at columns {1, 2}, prediction {1}: directed distances [0, 1]
     # and [0], whose 95th percentiles (linear interpolation) are 0.95 and 0; class 2 mirrors
-    # it. Image 1: class 1 empty in both (0), class 2 exact (0).
-    assert summary["per_class"]["liver"]["hd95"] == pytest.approx(0.95 / 2)
-    assert summary["hd95"] == pytest.approx((0.95 + 0.95 + 0 + 0) / 4)
+    # it. Image 1: class 2 exact (0); class 1 absent there, so not counted.
+    assert summary["per_class"]["liver"]["hd95"] == pytest.approx(0.95)
+    assert summary["hd95"] == pytest.approx((0.95 + 0.95 / 2) / 2)
     # Soft proportions: 1/3 for every class.
     assert summary["per_class"]["tumour"]["proportion_bias_soft"] == pytest.approx(
         ((1 / 3 - 1 / 4) + (1 / 3 - 1)) / 2
     )
 
     with_background = metrics.summarize([first, second], include_background=True)
-    assert with_background["dice"] == pytest.approx((1 + 2 / 3 + 2 / 3 + 1 + 1 + 1) / 6)
+    # background: present in image 0 only, where it is exact.
+    assert with_background["dice"] == pytest.approx((1 + 2 / 3 + 5 / 6) / 3)
     assert set(with_background["per_class"]) == {0, 1, 2}
+
+
+def test_absent_classes_follow_monai_and_nnunet():
+    # One row of 4 pixels per image; class 1 (the "lesion") in images 0 and 1 only.
+    labels = np.array([[[1, 1, 0, 0]], [[1, 0, 0, 0]], [[0, 0, 0, 0]], [[0, 0, 0, 0]]])
+    pred = np.array(
+        [
+            [[1, 0, 0, 0]],  # present, found half: Dice 2/3
+            [[0, 0, 0, 0]],  # present and missed: Dice 0
+            [[0, 0, 1, 0]],  # absent and predicted: a false positive
+            [[0, 0, 0, 0]],  # absent and not predicted: nothing to count
+        ]
+    )
+    result = metrics.evaluate_batch(pred, labels, num_classes=2)
+    np.testing.assert_allclose(result["dice"][:, 1], [2 / 3, 0, 0, 1])  # per image, as is
+    lesion = metrics.summarize(result)["per_class"][1]
+    assert lesion["dice"] == pytest.approx(1 / 3)  # images 0 and 1 only
+    assert lesion["dice_all_images"] == pytest.approx((2 / 3 + 0 + 0 + 1) / 4)
+    assert lesion["detection_rate"] == pytest.approx(1 / 2)
+    assert lesion["absent_false_positive_rate"] == pytest.approx(1 / 2)
+    assert lesion["num_present"] == 2
+    assert lesion["recall"] == pytest.approx((1 / 2 + 0) / 2)
+    # HD95 of image 1 (missed) is the diagonal, 3 px; image 0: 0.95 (as above).
+    assert lesion["hd95"] == pytest.approx((0.95 + 3.0) / 2)
+
+
+def test_class_never_present_has_no_overlap_scores():
+    labels = np.zeros((2, 1, 4), int)
+    pred = np.array([[[0, 2, 0, 0]], [[0, 0, 0, 0]]])
+    summary = metrics.summarize(metrics.evaluate_batch(pred, labels, num_classes=3))
+    for key in ("dice", "iou", "hd95", "detection_rate"):
+        assert summary["per_class"][1][key] is None and summary["per_class"][2][key] is None
+        assert summary[key] is None  # no foreground class is present anywhere
+    assert summary["per_class"][2]["absent_false_positive_rate"] == pytest.approx(1 / 2)
+    assert summary["absent_false_positive_rate"] == pytest.approx((0 + 1 / 2) / 2)
+
+
+def test_calibration_error_by_hand():
+    # Class 1 probabilities 0.95 (label 1), 0.95 (label 0), 0.05 (label 0), 0.05 (label 0).
+    p1 = np.array([0.95, 0.95, 0.05, 0.05])
+    probs = np.stack([1 - p1, p1], axis=-1).reshape(1, 1, 4, 2)
+    labels = np.array([[[1, 0, 0, 0]]])
+    hist = metrics.calibration_bins(probs, labels, num_classes=2)
+    assert hist.shape == (1, 2, 15, 3)
+    # Bin 14 (0.933-1): 2 pixels, confidence 1.9, one of class 1; bin 0: 2, 0.1, none.
+    np.testing.assert_allclose(hist[0, 1, 14], [2, 1.9, 1])
+    np.testing.assert_allclose(hist[0, 1, 0], [2, 0.1, 0])
+    ece = metrics.expected_calibration_error(hist.sum(0))
+    # (2/4) |1/2 - 0.95| + (2/4) |0 - 0.05| = 0.225 + 0.025; background mirrors it.
+    np.testing.assert_allclose(ece, [0.25, 0.25])
+    summary = metrics.summarize(
+        metrics.evaluate_batch(np.array([[[1, 1, 0, 0]]]), labels, num_classes=2, probs=probs)
+    )
+    assert summary["per_class"][1]["ece"] == pytest.approx(0.25)
+    # Ignored pixels count nowhere.
+    ignored = metrics.calibration_bins(probs, np.array([[[1, 255, 0, 0]]]), num_classes=2,
+                                       ignore_index=255)
+    assert ignored[..., 0].sum() == 2 * 3
 
 
 def test_summarize_binary_uses_class_one():

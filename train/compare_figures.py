@@ -1,5 +1,8 @@
 """The study's figures: proportions, proportion errors, Dice against size, decomposition
-curves and the sweep. Foreground classes are pooled; every loss shares the axes."""
+curves and the tuning grid. Foreground classes are pooled; every loss shares the axes.
+
+Dice against size counts the images where a class is present (as the study's metrics do).
+"""
 
 from __future__ import annotations
 
@@ -100,27 +103,32 @@ def decomposition(runs_by_loss: dict, path: str) -> str:
   return path
 
 
-def sweep(points: list[dict], path: str) -> str:
-  """Test Dice and proportion MAE against the region-size weight, a line per temperature."""
-  fig, (ax_dice, ax_mae) = plt.subplots(1, 2, figsize=(10, 3.8))
-  for temperature in sorted({p["temperature"] for p in points}, key=str):
-    chosen = sorted((p for p in points if p["temperature"] == temperature),
-                    key=lambda p: p["weight"])
-    weights = [p["weight"] for p in chosen]
-    ax_dice.plot(weights, [p["dice"] for p in chosen], marker="o", label=f"T={temperature}")
-    ax_mae.plot(weights, [p["proportion_mae"] for p in chosen], marker="o",
-                label=f"T={temperature}")
-  for ax, ylabel in ((ax_dice, "test Dice"), (ax_mae, "proportion MAE")):
-    ax.set_xscale("symlog", linthresh=1e-3)  # weight 0 (no size term) stays on the axis
-    ax.set(xlabel="weight", ylabel=ylabel)
-  ax_dice.legend()
+def tuning(tuned: dict, path: str) -> str:
+  """Validation Dice against the weight of each tuned compound, a line per temperature."""
+  labels = list(tuned)
+  fig, axes = plt.subplots(1, len(labels), figsize=(3.8 * len(labels), 3.6), squeeze=False)
+  for ax, label in zip(axes[0], labels, strict=True):
+    grid = tuned[label]["grid"]
+    for temperature in sorted({p["temperature"] for p in grid}, key=str):
+      points = sorted((p for p in grid if p["temperature"] == temperature),
+                      key=lambda p: p["weight"])
+      ax.plot([p["weight"] for p in points],
+              [np.nan if p["val_dice"] is None else p["val_dice"] for p in points],
+              marker="o", label="no T" if temperature is None else f"T={temperature}")
+    chosen = tuned[label]["chosen"]
+    ax.axvline(chosen["weight"], color="k", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set(xlabel="weight", title=f"{label} (chosen: {chosen['weight']}, "
+                                  f"T={chosen['temperature']})")
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel("validation Dice (seed 0)")
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
 
 
-def write_all(folder: str, runs_by_loss: dict, sweep_points: list[dict]) -> dict[str, str]:
+def write_all(folder: str, runs_by_loss: dict, tuned: dict) -> dict[str, str]:
   os.makedirs(folder, exist_ok=True)
   paths = {
       "proportions": proportions(runs_by_loss, os.path.join(folder, "proportions.png")),
@@ -130,6 +138,6 @@ def write_all(folder: str, runs_by_loss: dict, sweep_points: list[dict]) -> dict
                                              os.path.join(folder, "dice_against_size.png")),
       "decomposition": decomposition(runs_by_loss, os.path.join(folder, "decomposition.png")),
   }
-  if sweep_points:
-    paths["sweep"] = sweep(sweep_points, os.path.join(folder, "sweep.png"))
+  if tuned:
+    paths["tuning"] = tuning(tuned, os.path.join(folder, "tuning.png"))
   return paths

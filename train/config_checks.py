@@ -36,11 +36,20 @@ def native(config: ml_collections.ConfigDict) -> bool:
   return not config.data.image_size
 
 
+def loss_weight(config: ml_collections.ConfigDict) -> float:
+  """``loss.weight``, or the compound's reference weight when it is unset."""
+  return base.REFERENCE_WEIGHT if config.loss.weight is None else float(config.loss.weight)
+
+
 def loss_options(config: ml_collections.ConfigDict) -> dict:
-  """The ``make_loss`` keyword options the config sets (unset placeholders left out)."""
+  """The ``make_loss`` keyword options of the config: the fields it sets, and for compounds
+  the reference weight (and temperature of a region term) where it sets none."""
   options = {"mode": config.loss.mode, "ignore_index": config.loss.ignore_index}
-  if "+" in config.loss.name:
-    options["weight"] = config.loss.weight
+  parts = config.loss.name.split("+")
+  if len(parts) == 2:
+    options["weight"] = loss_weight(config)
+    if parts[1] in base.REGION_TERMS and config.loss.temperature is None:
+      options["temperature"] = base.REFERENCE_TEMPERATURE
   for option in base.LOSS_OPTION_TYPES:
     value = config.loss[option]
     if value is not None:

@@ -30,6 +30,7 @@ PER_IMAGE_KEYS = ("tp", "fp", "fn", "dice", "iou", "precision", "recall", "hd95"
                   "pred_proportion_soft", "proportion_abs_error_soft", "proportion_bias_soft")
 SAVED_PER_IMAGE = ("dice", "iou", "hd95", "gt_proportion", "pred_proportion",
                    "pred_proportion_soft")
+BINS = metrics.CALIBRATION_BINS
 NAME_BYTES = 256  # file names longer than this are cut in the per-image results
 
 
@@ -106,8 +107,9 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
 
   Returns:
     ``{"summary": metrics.summarize(...) plus "loss", each loss term and the decomposition
-    terms (means over images), "per_image": {metric: (N, C), "name": (N,)} in split order,
-    "samples"}``, the same on every process.
+    terms (means over images), "per_image": {metric: (N, C), "present": (N, C), "name":
+    (N,)} in split order, "samples", "calibration": (C, bins, 3) reliability histogram}``,
+    the same on every process.
   """
   num_classes = len(class_names)
   rows, names, samples = [], [], []
@@ -130,6 +132,7 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
     for i, example in enumerate(group):
       row = [float(example["index"])] + [float(scores[k][i]) for k in score_names]
       row += [float(v) for key in PER_IMAGE_KEYS for v in result[key][i]]
+      row += result["calibration"][i].reshape(-1).tolist()
       rows.append(row)
       names.append(example["name"])
       if len(samples) < keep:
@@ -142,18 +145,24 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
         np.zeros((1, *window), np.int32), weight)))
   logging.info("process %d of %d: evaluated %d image(s)", jax.process_index(),
                jax.process_count(), len(rows))
-  width = 1 + len(score_names) + len(PER_IMAGE_KEYS) * num_classes
+  metric_width = len(PER_IMAGE_KEYS) * num_classes
+  width = 1 + len(score_names) + metric_width + num_classes * BINS * 3
   gathered, all_names = _gather_in_split_order(np.asarray(rows, np.float64).reshape(-1, width),
                                                names)
   score_values = dict(zip(score_names, gathered[:, 1:1 + len(score_names)].T, strict=True))
-  per_class = gathered[:, 1 + len(score_names):].reshape(len(gathered), len(PER_IMAGE_KEYS),
-                                                         num_classes)
+  first = 1 + len(score_names)
+  per_class = gathered[:, first:first + metric_width].reshape(
+      len(gathered), len(PER_IMAGE_KEYS), num_classes)
   per_image = {key: per_class[:, j] for j, key in enumerate(PER_IMAGE_KEYS)}
+  per_image["calibration"] = gathered[:, first + metric_width:].reshape(
+      len(gathered), num_classes, BINS, 3)
   summary = metrics.summarize(per_image, class_names=class_names)
   summary.update(_score_means(score_values))
   saved = {k: per_image[k] for k in SAVED_PER_IMAGE}
+  saved["present"] = (per_image["tp"] + per_image["fn"]) > 0
   saved["name"] = all_names
-  return {"summary": summary, "per_image": saved, "samples": samples}
+  return {"summary": summary, "per_image": saved, "samples": samples,
+          "calibration": per_image["calibration"].sum(axis=0)}
 
 
 def _gather_in_split_order(rows: np.ndarray, names: list[str]):

@@ -33,8 +33,9 @@ CONFIG_FILE = "config.json"
 # of its files and the inference window.
 INFERENCE_FILE = "inference.json"
 PER_IMAGE_FILE = "test_per_image.npz"  # (N, C) arrays: dice, iou, hd95, proportions
-SUMMARY_KEYS = ("dice", "iou", "hd95", "precision", "recall", "proportion_mae",
-                "proportion_bias", "proportion_mae_soft", "proportion_bias_soft")
+SUMMARY_KEYS = ("dice", "iou", "hd95", "precision", "recall", "detection_rate",
+                "absent_false_positive_rate", "proportion_mae", "proportion_bias",
+                "proportion_mae_soft", "proportion_bias_soft", "ece", "dice_all_images")
 
 
 class Diverged(RuntimeError):
@@ -127,17 +128,40 @@ def flatten_summary(summary: dict) -> dict:
   return flat
 
 
+def _cell(value, width: int) -> str:
+  return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
+
+
 def _print_table(summary: dict, plot_paths: dict) -> None:
   names = list(summary["per_class"])
-  header = f"{'metric':<22}{'mean':>9}" + "".join(f"{n[:11]:>12}" for n in names)
+  header = f"{'metric':<27}{'mean':>9}" + "".join(f"{n[:11]:>12}" for n in names)
   lines = [header, "-" * len(header)]
   for key in SUMMARY_KEYS:
     if key in summary:
-      lines.append(f"{key:<22}{summary[key]:>9.4f}" + "".join(
-          f"{summary['per_class'][n][key]:>12.4f}" for n in names))
-  print("\n".join(["", "test metrics (mean over foreground classes):"] + lines + [""]))
+      lines.append(f"{key:<27}{_cell(summary[key], 9)}" + "".join(
+          _cell(summary["per_class"][n].get(key), 12) for n in names))
+  lines.append(f"{'images with the class':<27}{'':>9}" + "".join(
+      f"{summary['per_class'][n]['num_present']:>12d}" for n in names))
+  print("\n".join(["", "test metrics (mean over foreground classes; dice, iou, hd95, "
+                   "precision, recall over the images holding the class, '-' where none "
+                   "does):"] + lines + [""]))
   for name, path in plot_paths.items():
-    print(f"{name:>16}: {path}")
+    print(f"{name:>20}: {path}")
+
+
+def _finish_without_test(workdir: str, best: int, lead: bool) -> dict:
+  """The best checkpoint's validation record, written as ``summary.json["validation"]``."""
+  records = [r for r in reporting.read_metrics(workdir) if r["split"] == "val"]
+  if not records:
+    raise ValueError(f"{workdir}: the run has no validation record to report.")
+  at_best = [r for r in records if r["step"] == best]
+  validation = {**(at_best or records)[-1], "checkpoint_step": int(best)}
+  if lead:
+    path = os.path.join(workdir, SUMMARY_FILE)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"validation": validation}, f, indent=2)
+    os.replace(path + ".tmp", path)
+  return validation
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -145,8 +169,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then evaluates
   the best checkpoint on the test split and writes the summary and plots.
 
-  Returns the test summary (also in ``workdir/summary.json`` under ``"test"``). Raises
-  ``Diverged`` or ``OutOfMemory`` with a message for the user.
+  Returns the test summary (also in ``workdir/summary.json`` under ``"test"``). With
+  ``config.train.evaluate_test`` false the test split is never opened: the result is the
+  best checkpoint's validation record (``summary.json`` under ``"validation"``), what the
+  study tunes settings on. Raises ``Diverged`` or ``OutOfMemory`` with a message for the
+  user.
   """
   try:
     return _train_and_evaluate(config, workdir, overwrite=overwrite)
@@ -166,7 +193,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   _check_workdir(config, workdir, overwrite)
   summary_path = os.path.join(workdir, SUMMARY_FILE)
 
-  splits = {s: datasets.open_split(config, s) for s in ("train", "validation", "test")}
+  # A run that must not see the test split (tuning) never opens it.
+  names = ("train", "validation") + (("test",) if config.train.evaluate_test else ())
+  splits = {s: datasets.open_split(config, s) for s in names}
   class_names = splits["train"].class_names
   config_checks.check_num_classes(config, len(class_names))
   example = splits["train"].source[0]["image"]
@@ -206,6 +235,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with open(summary_path) as f:
       finished = json.load(f)
     logging.info("%s is finished (step %d); nothing to train", workdir, start)
+    if "test" not in finished:
+      return finished["validation"]
     if lead:
       _print_table(finished["test"], finished["plots"])
     return finished["test"]
@@ -215,7 +246,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def validate(at_step: int) -> float:
     result = evaluate(state, "validation", at_step)
     writer.write(at_step, "val", flatten_summary(result["summary"]))
-    return result["summary"]["dice"]
+    # None when no validation image holds a foreground class: such a step is never "best".
+    dice = result["summary"]["dice"]
+    return -1.0 if dice is None else dice
 
   progress = tqdm(total=config.train.steps, initial=start, disable=not lead, unit="step",
                   dynamic_ncols=True, mininterval=2.0)
@@ -262,6 +295,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                jax.process_count(), parallel.local_checksum(state.params))
 
   best = checkpoints.best_step(mngr) or mngr.latest_step()
+  if not config.train.evaluate_test:
+    writer.close()
+    return _finish_without_test(workdir, best, lead)
   best_state, _ = checkpoints.restore(mngr, best, abstract_state)
   test = evaluate(best_state, "test", config.train.steps, keep=config.train.num_overlays)
   summary = {**test["summary"], "checkpoint_step": int(best)}

@@ -6,6 +6,7 @@ import ml_collections
 import optax
 
 from regionloss_jax import losses
+from train import config_checks
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -28,8 +29,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def loss_weight_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """The compound loss's weight per step, ending at (or capped by) ``loss.weight``."""
-  target, schedule = config.loss.weight, config.loss.weight_schedule
+  """The compound loss's weight per step, ending at (or capped by) ``loss.weight`` (its
+  reference value when unset)."""
+  target, schedule = config_checks.loss_weight(config), config.loss.weight_schedule
   if schedule.kind == "constant":
     return optax.constant_schedule(target)
   if schedule.kind == "linear":

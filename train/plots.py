@@ -23,7 +23,8 @@ def training_curves(records: list[dict], path: str) -> str:
   ax_loss.set(xlabel="step", ylabel="value", title="training loss and terms", yscale="log")
   ax_loss.legend()
   for key in ("dice", "iou", "proportion_mae"):
-    ax_val.plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=key)
+    points = [(r["step"], r[key]) for r in val if r.get(key) is not None]
+    ax_val.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
   ax_val.set(xlabel="step", title="validation (foreground classes)")
   ax_val.legend()
   fig.tight_layout()
@@ -87,6 +88,38 @@ def overlays(samples, num_classes: int, path: str) -> str:
   return path
 
 
+def reliability(histogram: np.ndarray, class_names, path: str) -> str:
+  """Reliability diagram per foreground class: observed frequency against predicted
+  probability in equal-width bins, the bins' pixel counts below (log scale)."""
+  names = list(class_names)[1:] or list(class_names)
+  first = len(class_names) - len(names)
+  bins = histogram.shape[1]
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  centres = (edges[:-1] + edges[1:]) / 2
+  fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 5.6), squeeze=False,
+                           gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+  for column, (k, name) in enumerate(zip(range(first, len(class_names)), names, strict=True)):
+    count, confidence, correct = histogram[k, :, 0], histogram[k, :, 1], histogram[k, :, 2]
+    filled = count > 0
+    ax, ax_count = axes[0, column], axes[1, column]
+    ax.bar(centres[filled], correct[filled] / count[filled], width=1 / bins, alpha=0.7,
+           edgecolor="k", label="observed")
+    ax.plot(confidence[filled] / count[filled], correct[filled] / count[filled], "r.",
+            label="at mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    total = max(count.sum(), 1.0)
+    ece = np.abs(correct - confidence).sum() / total
+    ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name}: ECE {ece:.4f}", ylabel="frequency")
+    ax.legend(loc="upper left", fontsize=7)
+    ax_count.bar(centres, np.maximum(count, 1), width=1 / bins, log=True, color="grey")
+    ax_count.set(xlabel="predicted probability", ylabel="pixels")
+  fig.suptitle(f"reliability of the predicted class probability ({bins} bins, test split)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def write_all(workdir: str, records, test_eval: dict, class_names) -> dict[str, str]:
   folder = os.path.join(workdir, "plots")
   os.makedirs(folder, exist_ok=True)
@@ -96,4 +129,6 @@ def write_all(workdir: str, records, test_eval: dict, class_names) -> dict[str, 
                                         os.path.join(folder, "proportions_test.png")),
       "overlays": overlays(test_eval["samples"], len(class_names),
                            os.path.join(folder, "overlays_test.png")),
+      "reliability": reliability(test_eval["calibration"], class_names,
+                                 os.path.join(folder, "reliability_test.png")),
   }

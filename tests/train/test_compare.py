@@ -3,9 +3,11 @@
 import json
 import os
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from train import compare
+from train import compare, datasets, loop
 from train.configs import compare as compare_config
 
 from tests.train.conftest import make_tiny
@@ -36,37 +38,101 @@ def test_unknown_option_in_a_spec_is_named():
     compare.run_config(base, "ce+kl(temprature=2)", 0)
 
 
+def test_tuning_grid_follows_the_term():
+  tune = compare_config.get_config().tune
+  assert len(compare.tuning_grid("ce+kl", tune)) == 6  # 3 weights x 2 temperatures
+  assert compare.tuning_grid("ce+dice", tune) == [
+      {"weight": w, "temperature": None} for w in (0.1, 1.0, 10.0)]
+  assert compare.tuning_grid("ce", tune) == []
+  assert compare.tuning_grid("ce+l1(weight=1.0,temperature=10.0)", tune) == []
+  assert {"weight": 1.0, "temperature": 10.0} in compare.tuning_grid("ce+l1", tune)
+
+
 def _tiny_study_config(cache_dir):
   config = compare_config.get_config()
   make_tiny(config.base, cache_dir)
-  config.losses = ("ce", "ce+dice(log=True)")
-  config.seeds = 1
-  config.sweep.weights = (0.0, 1.0)
-  config.sweep.temperatures = (1.0,)
+  config.losses = ("ce", "ce+l1")
+  config.seeds = 2
+  config.tune.weights = (0.1, 1.0)
+  config.tune.temperatures = (10.0,)
+  config.bootstrap_samples = 500
   return config
+
+
+def test_tuning_never_opens_the_test_split(tmp_path, cache_dir, monkeypatch):
+  config = _tiny_study_config(cache_dir)
+  opened = []
+  real = datasets.open_split
+
+  def guarded(run_config, split):
+    opened.append(split)
+    if split == "test":
+      raise AssertionError("the test split was opened")
+    return real(run_config, split)
+
+  monkeypatch.setattr(datasets, "open_split", guarded)
+  tuned = compare.tune(config, str(tmp_path))
+  assert set(opened) == {"train", "validation"}
+  (points,) = [t["grid"] for t in tuned.values()]
+  assert [p["weight"] for p in points] == [0.1, 1.0]
+  summaries = [json.loads(open(os.path.join(p["workdir"], "summary.json")).read())
+               for p in points]
+  assert all(set(s) == {"validation"} for s in summaries)
+  assert [s["validation"]["dice"] for s in summaries] == [p["val_dice"] for p in points]
+  best = max(points, key=lambda p: p["val_dice"])
+  assert tuned["ce+l1"]["chosen"] == {"weight": best["weight"], "temperature": 10.0}
+  # The guard itself works: an ordinary run reads the test split and trips it.
+  run = compare.run_config(config.base, "ce", 0)
+  with pytest.raises(AssertionError, match="test split was opened"):
+    loop.train_and_evaluate(run, str(tmp_path / "ordinary"))
 
 
 def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
   report = compare.run_study(_tiny_study_config(cache_dir), str(tmp_path))
   on_disk = json.loads((tmp_path / "report.json").read_text())
   assert on_disk == json.loads(json.dumps(report))
-  assert set(report["losses"]) == {"ce", "ce+dice(log=True)"}
+  assert set(report["losses"]) == {"ce", "ce+l1"}
+  chosen = report["tuning"]["ce+l1"]["chosen"]
+  assert report["losses"]["ce+l1"]["setting"] == chosen
   for label, row in report["losses"].items():
-    assert {"dice", "dice_std", "iou", "hd95", "proportion_mae", "proportion_bias",
-            "per_class", "runs"} <= set(row)
-    (run,) = row["runs"]
-    summary = json.loads(open(os.path.join(run["workdir"], "summary.json")).read())["test"]
-    for key in ("dice", "iou", "hd95", "proportion_mae", "proportion_bias"):
-      assert row[key] == summary[key] == run[key]
-    assert row["dice_std"] == 0.0
-    assert row["per_class"]["organ"]["dice"] == summary["per_class"]["organ"]["dice"]
-    foreground = [v["dice"] for k, v in row["per_class"].items() if k != "background"]
-    assert row["dice"] == pytest.approx(sum(foreground) / len(foreground))  # not the loss term
-  assert [p["weight"] for p in report["sweep"]["points"]] == [0.0, 1.0]
+    assert {"dice", "dice_std", "iou", "hd95", "detection_rate", "ece", "proportion_mae",
+            "proportion_bias", "per_class", "runs"} <= set(row)
+    assert len(row["runs"]) == 2
+    summaries = [json.loads(open(os.path.join(r["workdir"], "summary.json")).read())["test"]
+                 for r in row["runs"]]
+    assert row["dice"] == pytest.approx(np.mean([s["dice"] for s in summaries]))
+    assert row["per_class"]["organ"]["dice"] == pytest.approx(
+        np.mean([s["per_class"]["organ"]["dice"] for s in summaries]))
+  config = json.loads(open(os.path.join(report["losses"]["ce+l1"]["runs"][0]["workdir"],
+                                        "config.json")).read())
+  assert (config["loss"]["weight"], config["loss"]["temperature"]) == (
+      chosen["weight"], chosen["temperature"])
+
+  # The paired comparison recomputed from the per-image files.
+  vs_ce = report["losses"]["ce+l1"]["vs_ce"]
+  assert {"dice_diff", "ci95", "p_value", "n", "p_holm", "per_class"} <= set(vs_ce)
+  def per_image(label, seed):
+    run = report["losses"][label]["runs"][seed]["workdir"]
+    data = np.load(os.path.join(run, "test_per_image.npz"))
+    dice = np.where(data["present"], data["dice"], np.nan)[:, 1:]
+    return np.nanmean(np.where(np.isnan(dice).all(1, keepdims=True), 0, dice), axis=1), \
+        data["present"][:, 1:].any(1)
+  diffs, keep = [], None
+  for seed in range(2):
+    (ours, has), (ref, _) = per_image("ce+l1", seed), per_image("ce", seed)
+    diffs.append(ours - ref)
+    keep = has
+  per_image_diff = np.mean(diffs, axis=0)[keep]
+  assert vs_ce["n"] == int(keep.sum())
+  assert vs_ce["dice_diff"] == pytest.approx(per_image_diff.mean())
+  if np.any(per_image_diff != 0):
+    assert vs_ce["p_value"] == pytest.approx(stats.wilcoxon(per_image_diff).pvalue)
+  assert vs_ce["ci95"][0] <= vs_ce["dice_diff"] <= vs_ce["ci95"][1]
+
   for path in report["figures"].values():
     assert os.path.getsize(path) > 1000
   markdown = (tmp_path / "report.md").read_text()
-  assert "Paired comparison against `ce`" in markdown and "ce+dice(log=True)" in markdown
+  assert "Paired against `ce`" in markdown and "chosen on the validation split" in markdown
 
   rerun = compare.run_study(_tiny_study_config(cache_dir), str(tmp_path))  # finished runs
   assert rerun["losses"] == report["losses"]

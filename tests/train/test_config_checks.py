@@ -94,11 +94,17 @@ def test_binary_mode_with_many_classes():
     config_checks.check_num_classes(config, 5)
 
 
-def test_loss_options_leave_unset_fields_out():
+def test_loss_options_take_the_reference_settings_where_unset():
   config = default.get_config()
-  config.loss.temperature = 10.0
+  # ce+kl: the authors' published CE+L1 setting, weight 1 and temperature 10.
   assert config_checks.loss_options(config) == {
-      "mode": "multiclass", "ignore_index": 255, "weight": 0.1, "temperature": 10.0}
+      "mode": "multiclass", "ignore_index": 255, "weight": 1.0, "temperature": 10.0}
+  config.loss.update(weight=0.1, temperature=2.0)
+  assert config_checks.loss_options(config) == {
+      "mode": "multiclass", "ignore_index": 255, "weight": 0.1, "temperature": 2.0}
+  config.loss.update(name="ce+dice", weight=None, temperature=None)
+  assert config_checks.loss_options(config) == {  # nnU-Net / MONAI DiceCE: 1:1
+      "mode": "multiclass", "ignore_index": 255, "weight": 1.0}
   config.loss.name = "ce"
   assert "weight" not in config_checks.loss_options(config)
 
