@@ -49,8 +49,8 @@ def proportions(runs_by_loss: dict, path: str) -> str:
 def proportion_errors(runs_by_loss: dict, path: str) -> str:
   """Distribution of the signed proportion error ``tauhat - tau`` per loss."""
   labels = list(runs_by_loss)
-  errors = [_pooled(runs_by_loss[l], "pred_proportion") - _pooled(runs_by_loss[l], "gt_proportion")
-            for l in labels]
+  errors = [_pooled(runs_by_loss[name], "pred_proportion")
+            - _pooled(runs_by_loss[name], "gt_proportion") for name in labels]
   fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2, 4))
   ax.boxplot(errors, showfliers=True, flierprops={"markersize": 2})
   ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20)

@@ -80,6 +80,8 @@ def data_options(config: ml_collections.ConfigDict) -> dict:
       raise ValueError(f"config.data.num_classes is required for data.name={name!r} "
                        "(classes including background).")
     options.update(root=cfg.dir, num_classes=cfg.num_classes)
+    if cfg.class_names:
+      options["class_names"] = tuple(str(n) for n in cfg.class_names)
     if cfg.value_map:
       try:
         options["value_map"] = {int(raw): int(cls) for raw, cls in cfg.value_map}
@@ -122,6 +124,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.spatial_dims={config.model.spatial_dims} does not fit "
                      f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data).")
   _check_sizes(config)
+  names, count = config.data.class_names, config.data.num_classes
+  if names and count is not None and len(names) != count:
+    raise ValueError(f"config.data.class_names has {len(names)} names but "
+                     f"config.data.num_classes={count}; name every class, background first.")
   data_options(config)
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from regionloss_jax import data
 from regionloss_jax.data import imbalanced_shapes as shapes
@@ -86,3 +87,19 @@ def test_bad_options_are_named():
     shapes.shapes_config("trinary")
   with pytest.raises(ValueError, match="split_sizes"):
     shapes.shapes_config("binary", split_sizes=(10, 0, 1))
+
+
+def test_multiclass_small_classes_stand_out_from_their_surroundings():
+  # Cysts are darker, vessels and nodules brighter than a 3-pixel ring around them, so a
+  # model can find them; their size, not their visibility, is what makes them hard.
+  contrasts = {3: [], 4: [], 2: []}
+  for i in range(40):
+    image, mask = shapes.render("multiclass", seed=0, split="train", index=i)
+    grey = image.astype(float).mean(-1) / 255
+    for class_id in contrasts:
+      region = mask == class_id
+      if region.any():
+        ring = ndimage.binary_dilation(region, iterations=3) & (mask != class_id)
+        contrasts[class_id].append(grey[region].mean() - grey[ring].mean())
+  assert np.median(contrasts[2]) < -0.15
+  assert np.median(contrasts[3]) > 0.1 and np.median(contrasts[4]) > 0.1

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.train.conftest import make_tiny
 from train import compare, datasets, loop
 from train.configs import compare as compare_config
-
-from tests.train.conftest import make_tiny
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -94,7 +93,7 @@ def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
   assert set(report["losses"]) == {"ce", "ce+l1"}
   chosen = report["tuning"]["ce+l1"]["chosen"]
   assert report["losses"]["ce+l1"]["setting"] == chosen
-  for label, row in report["losses"].items():
+  for row in report["losses"].values():
     assert {"dice", "dice_std", "iou", "hd95", "detection_rate", "ece", "proportion_mae",
             "proportion_bias", "per_class", "runs"} <= set(row)
     assert len(row["runs"]) == 2

@@ -3,15 +3,33 @@
 import pytest
 
 from train import config_checks, optim
-from train.configs import base, binary, default, folder, oxford_pet, volumes3d
+from train.configs import (
+  base,
+  binary,
+  colin27,
+  compare_colin27,
+  default,
+  folder,
+  oxford_pet,
+  volumes3d,
+)
 
 
-@pytest.mark.parametrize("module", [default, binary, folder, oxford_pet, volumes3d])
+@pytest.mark.parametrize("module", [default, binary, folder, oxford_pet, volumes3d, colin27])
 def test_shipped_configs_pass_the_checks(module):
   config = module.get_config()
   if config.data.name in ("folder", "volumes"):
-    config.data.dir, config.data.num_classes = "/data", 3
+    config.data.dir = "/data"
+    if config.data.num_classes is None:
+      config.data.num_classes = 3
   config_checks.check_config(config)
+
+
+def test_colin27_study_base_passes_the_checks():
+  config = compare_colin27.get_config().base
+  config.data.dir = "/data"
+  config_checks.check_config(config)
+  assert config.data.class_names[-1] == "amygdala"
 
 
 @pytest.mark.parametrize("field, value, expected", [
@@ -55,6 +73,17 @@ def test_native_resolution_needs_patches():
     config_checks.check_config(config)
   config.data.patch_size = (64, 64)  # resized, then patches: any resize size will do
   config_checks.check_config(config)
+
+
+def test_class_names_reach_the_folder_dataset_and_are_counted():
+  config = folder.get_config()
+  config.data.dir, config.data.num_classes = "/data", 3
+  config.data.class_names = ("background", "cortex")
+  with pytest.raises(ValueError, match="class_names has 2 names but .*num_classes=3"):
+    config_checks.check_config(config)
+  config.data.class_names = ("background", "cortex", "thalamus")
+  config_checks.check_config(config)
+  assert config_checks.data_options(config)["class_names"] == config.data.class_names
 
 
 def test_volume_spacing_and_window_are_checked():

@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.name = "imbalanced_shapes/multiclass"
   config.data.dir = ""  # folder / volumes: the dataset root
   config.data.num_classes = config_dict.placeholder(int)  # required for folder / volumes
+  # folder / volumes: one name per class, background first (reports and plots use them);
+  # unset: background, class_1, ...
+  config.data.class_names = config_dict.placeholder(tuple)
   # folder / volumes: (raw mask value, class id) pairs, e.g. ((0, 0), (255, 1)) for 0/255
   # binary masks; unset: mask values are class ids.
   config.data.value_map = config_dict.placeholder(tuple)
@@ -55,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.spatial_dims = 2
   config.model.depth = 3
-  config.model.features = 8
+  config.model.features = 16
   config.model.max_features = config_dict.placeholder(int)
   config.model.norm = "instance"
   config.model.activation = "leaky_relu"
@@ -94,7 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 1.0  # 0 disables clipping
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 800
+  config.train.steps = 1000
   config.train.batch_size = 16
   config.train.eval_batch_size = 32
   config.train.eval_every = 200
