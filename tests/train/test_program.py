@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.train.conftest import REPO, SHARES_TINY_RUN, run_program, tiny_flags
@@ -25,6 +26,20 @@ def _records(workdir):
 
 def _without_timing(records):
   return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
+
+
+@SHARES_TINY_RUN
+def test_summary_dice_is_the_mean_over_the_images_holding_the_class(finished_tiny_run):
+  summary = json.loads((finished_tiny_run / "summary.json").read_text())["test"]
+  per_image = np.load(finished_tiny_run / "test_per_image.npz")
+  names = list(summary["per_class"])
+  assert per_image["dice"].shape == per_image["present"].shape == (summary["num_images"],
+                                                                    len(names))
+  for k, name in enumerate(names):
+    present = per_image["present"][:, k]
+    expected = per_image["dice"][present, k].mean() if present.any() else None
+    assert summary["per_class"][name]["dice"] == pytest.approx(expected, rel=1e-5)
+    assert summary["per_class"][name]["num_present"] == present.sum()
 
 
 @SHARES_TINY_RUN
