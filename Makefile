@@ -3,16 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The exact tested versions (the package itself declares ranges, pyproject.toml).
+CONSTRAINTS := requirements/constraints.txt
+# The oldest supported JAX: the library's tests run there too (make test-oldest-jax).
+VENV_OLDEST := .venv-jax06
+CONSTRAINTS_OLDEST := requirements/constraints-jax06.txt
+LIBRARY_TESTS := tests/losses tests/test_metrics.py tests/test_inference.py tests/test_packaging.py
 
-.PHONY: install demo test bench compare clean
+.PHONY: install demo test bench compare clean lint docs doctest test-oldest-jax
 
 install: $(STAMP)
 
-# Reinstall when the package metadata changes.
-$(STAMP): pyproject.toml
+# Reinstall when the package metadata or the tested versions change.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[train,test,docs]'
 	touch $(STAMP)
 
 demo: install
@@ -31,25 +37,58 @@ compare: install
 
 # The train-step benchmark runs in .venv-bench (with torch, for the PyTorch comparison) when
 # `make bench-torch` has created it, else without the comparison.
+# train/ is not installed, and a script's own folder (benchmarks/) is what Python puts on
+# sys.path, so the benchmarks that import train get the repository root through PYTHONPATH.
+ON_REPO_PATH := PYTHONPATH=$(CURDIR)
 bench: install
 	$(PY) benchmarks/losses.py
 	$(PY) benchmarks/pipeline.py
-	$(PY) benchmarks/inference.py
-	$(if $(wildcard .venv-bench/bin/python),.venv-bench/bin/python,$(PY)) benchmarks/train_step.py
+	$(ON_REPO_PATH) $(PY) benchmarks/inference.py
+	$(ON_REPO_PATH) $(if $(wildcard .venv-bench/bin/python),.venv-bench/bin/python,$(PY)) benchmarks/train_step.py
 
 # The train step against PyTorch eager. torch goes into its own .venv-bench, never into .venv
 # or the package's dependencies. On a CPU-only machine, PyTorch's CPU-only wheel index (see
 # its install page) is far smaller: make bench-torch TORCH_PIP_ARGS="--index-url <that index>"
 .PHONY: bench-torch
 bench-torch: .venv-bench/.installed
-	.venv-bench/bin/python benchmarks/train_step.py
+	$(ON_REPO_PATH) .venv-bench/bin/python benchmarks/train_step.py
 
-.venv-bench/.installed: pyproject.toml
+.venv-bench/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install --quiet --upgrade pip
-	.venv-bench/bin/python -m pip install --quiet -e .
+	.venv-bench/bin/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[train]'
 	.venv-bench/bin/python -m pip install --quiet torch $(TORCH_PIP_ARGS)
 	touch $@
 
+# Style: ruff's lint rules and formatting (2-space indentation, 100 columns; pyproject.toml).
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# The examples in the library's docstrings.
+doctest: install
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules \
+	  regionloss_jax/losses regionloss_jax/metrics.py regionloss_jax/inference.py \
+	  regionloss_jax/models/unet.py
+
+# HTML API reference of regionloss_jax into build/docs (open build/docs/index.html). The
+# subpackages are named because pdoc documents only what a package's __all__ lists.
+DOC_MODULES := regionloss_jax regionloss_jax.losses regionloss_jax.metrics \
+  regionloss_jax.inference regionloss_jax.models regionloss_jax.data
+docs: install
+	rm -rf build/docs
+	$(PY) -m pdoc --docformat google --output-directory build/docs $(DOC_MODULES)
+
+# The library's tests (losses, metrics, inference, packaging) on the oldest supported JAX,
+# in .venv-jax06, with only the core dependencies and the test extra: no training stack.
+test-oldest-jax: $(VENV_OLDEST)/.installed
+	$(VENV_OLDEST)/bin/python -m pytest -n 2 --dist loadgroup -q $(LIBRARY_TESTS)
+
+$(VENV_OLDEST)/.installed: pyproject.toml $(CONSTRAINTS_OLDEST)
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_OLDEST)/bin/python -m pip install --quiet -c $(CONSTRAINTS_OLDEST) -e '.[test]'
+	touch $@
+
 clean:
-	rm -rf $(VENV) .venv-bench runs .pytest_cache
+	rm -rf $(VENV) $(VENV_OLDEST) .venv-bench runs .pytest_cache build/docs

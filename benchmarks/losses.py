@@ -50,10 +50,15 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--shape", type=int, nargs=4, default=(8, 256, 512, 19))
   parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--calls", type=int, default=None,
-                      help="calls per timing (default: 1 on a CPU, 50 on an accelerator)")
-  parser.add_argument("--losses", nargs="+", default=None,
-                      help="compound names to run (default: every a+b)")
+  parser.add_argument(
+    "--calls",
+    type=int,
+    default=None,
+    help="calls per timing (default: 1 on a CPU, 50 on an accelerator)",
+  )
+  parser.add_argument(
+    "--losses", nargs="+", default=None, help="compound names to run (default: every a+b)"
+  )
   args = parser.parse_args()
   shape = tuple(args.shape)
   rng = np.random.default_rng(0)
@@ -68,8 +73,10 @@ def main():
   floor_ms = timed(floor_fn, logits)
   gigabytes = 2 * logits.size * 4 / 1e9
   print(f"device: {jax.devices()[0].device_kind}  shape {shape} float32")
-  print(f"memory floor (read + write {gigabytes:.2f} GB): {floor_ms:.4g} ms "
-        f"({gigabytes / floor_ms * 1e3:.1f} GB/s)\n")
+  print(
+    f"memory floor (read + write {gigabytes:.2f} GB): {floor_ms:.4g} ms "
+    f"({gigabytes / floor_ms * 1e3:.1f} GB/s)\n"
+  )
   print("| loss | ms | x floor | x straightforward | scratch MB | straightforward MB |")
   print("|---|---|---|---|---|---|")
   for second in registry.SECOND_TERMS:
@@ -81,13 +88,16 @@ def main():
       if second in ("l1", "kl", "db"):
         options["temperature"] = 10.0
       fn = losses.make_loss(name, **options)
-      grad_fn = jax.jit(jax.grad(lambda x, y: fn(x, y)[0]))
+      grad_fn = jax.jit(jax.grad(lambda x, y, fn=fn: fn(x, y)[0]))
       plain_fn = _straightforward(name, options)
       ms = timed(grad_fn, logits, labels)
       plain_ms = timed(plain_fn, logits, labels)
-      print(f"| {name} | {ms:.4g} | {ms / floor_ms:.1f} | {plain_ms / ms:.2f} | "
-            f"{_scratch_mb(grad_fn, logits, labels):.0f} | "
-            f"{_scratch_mb(plain_fn, logits, labels):.0f} |", flush=True)
+      print(
+        f"| {name} | {ms:.4g} | {ms / floor_ms:.1f} | {plain_ms / ms:.2f} | "
+        f"{_scratch_mb(grad_fn, logits, labels):.0f} | "
+        f"{_scratch_mb(plain_fn, logits, labels):.0f} |",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

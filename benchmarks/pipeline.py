@@ -32,8 +32,8 @@ def _native_folder(root: pathlib.Path, count: int, size: int) -> pathlib.Path:
   rng = np.random.default_rng(0)
   for i in range(count):
     mask = np.zeros((size, size), np.uint8)
-    mask[size // 4: size // 2, size // 3: size // 2] = 1
-    mask[3 * size // 4: 3 * size // 4 + 8, size // 5: size // 5 + 8] = 2  # 64 pixels
+    mask[size // 4 : size // 2, size // 3 : size // 2] = 1
+    mask[3 * size // 4 : 3 * size // 4 + 8, size // 5 : size // 5 + 8] = 2  # 64 pixels
     image = (rng.integers(0, 80, (size, size, 3)) + 80 * mask[..., None]).astype(np.uint8)
     for sub, array in (("images", image), ("masks", mask)):
       (root / "train" / sub).mkdir(parents=True, exist_ok=True)
@@ -60,27 +60,55 @@ def main():
     prepare_s = time.perf_counter() - start
     rows = []
     for name, train in (("train (augmented)", True), ("eval (resize+normalise)", False)):
-      pipeline = data.make_pipeline(dataset, global_batch_size=args.batch, seed=0, train=train,
-                                    num_threads=args.threads, shard_index=0, shard_count=1)
+      pipeline = data.make_pipeline(
+        dataset,
+        global_batch_size=args.batch,
+        seed=0,
+        train=train,
+        num_threads=args.threads,
+        shard_index=0,
+        shard_count=1,
+      )
       steps = args.steps if train else min(args.steps, len(dataset) // args.batch - 1)
       rows.append((f"{name}, batch {args.batch}", _rate(iter(pipeline), steps, args.batch)))
 
     root = _native_folder(pathlib.Path(tmp) / "native", args.native_count, args.native_size)
     start = time.perf_counter()
-    native = data.load("folder", root=root, split="train", num_classes=3, image_size=None,
-                       cache_dir=cache, val_fraction=0.1, test_fraction=0.1)
+    native = data.load(
+      "folder",
+      root=root,
+      split="train",
+      num_classes=3,
+      image_size=None,
+      cache_dir=cache,
+      val_fraction=0.1,
+      test_fraction=0.1,
+    )
     native_prepare_s = time.perf_counter() - start
-    patches = data.make_pipeline(native, global_batch_size=8, seed=0, num_threads=args.threads,
-                                 patch_size=(args.patch, args.patch), shard_index=0,
-                                 shard_count=1)
-    rows.append((f"{args.patch}px patches of {args.native_size}px images, batch 8",
-                 _rate(iter(patches), 40, 8)))
+    patches = data.make_pipeline(
+      native,
+      global_batch_size=8,
+      seed=0,
+      num_threads=args.threads,
+      patch_size=(args.patch, args.patch),
+      shard_index=0,
+      shard_count=1,
+    )
+    rows.append(
+      (
+        f"{args.patch}px patches of {args.native_size}px images, batch 8",
+        _rate(iter(patches), 40, 8),
+      )
+    )
     whole = data.eval_examples(native, num_threads=args.threads)
-    rows.append((f"whole {args.native_size}px images for evaluation",
-                 _rate(iter(whole), len(native) - 1, 1)))
-  print(f"imbalanced_shapes/{args.task}: {len(dataset)} train examples, prepare/open "
-        f"{prepare_s:.1f} s; native folder: {len(native)} train images of "
-        f"{args.native_size}x{args.native_size}, prepare {native_prepare_s:.1f} s")
+    rows.append(
+      (f"whole {args.native_size}px images for evaluation", _rate(iter(whole), len(native) - 1, 1))
+    )
+  print(
+    f"imbalanced_shapes/{args.task}: {len(dataset)} train examples, prepare/open "
+    f"{prepare_s:.1f} s; native folder: {len(native)} train images of "
+    f"{args.native_size}x{args.native_size}, prepare {native_prepare_s:.1f} s"
+  )
   for name, rate in rows:
     print(f"pipeline {name:52s}: {rate:8.1f} images/s ({args.threads} threads)")
 

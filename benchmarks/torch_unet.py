@@ -33,10 +33,13 @@ class ConvBlock(nn.Sequential):
 
   def __init__(self, in_features: int, out_features: int):
     super().__init__(
-        nn.Conv2d(in_features, out_features, 3, padding=1, bias=False), _norm(out_features),
-        nn.LeakyReLU(0.01),
-        nn.Conv2d(out_features, out_features, 3, padding=1, bias=False), _norm(out_features),
-        nn.LeakyReLU(0.01))
+      nn.Conv2d(in_features, out_features, 3, padding=1, bias=False),
+      _norm(out_features),
+      nn.LeakyReLU(0.01),
+      nn.Conv2d(out_features, out_features, 3, padding=1, bias=False),
+      _norm(out_features),
+      nn.LeakyReLU(0.01),
+    )
 
 
 class UNet(nn.Module):
@@ -46,10 +49,12 @@ class UNet(nn.Module):
     super().__init__()
     widths = [features * 2**i for i in range(depth + 1)]
     self.encoder = nn.ModuleList(
-        [ConvBlock(in_channels, widths[0])]
-        + [ConvBlock(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+      [ConvBlock(in_channels, widths[0])]
+      + [ConvBlock(widths[i - 1], widths[i]) for i in range(1, depth + 1)]
+    )
     self.upsamplers = nn.ModuleList(
-        [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
+      [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)]
+    )
     self.decoder = nn.ModuleList([ConvBlock(2 * widths[i], widths[i]) for i in range(depth)])
     self.head = nn.Conv2d(widths[0], num_classes, 1)
 
@@ -79,16 +84,23 @@ def ce_kl_loss(logits: torch.Tensor, labels: torch.Tensor, weight: float) -> tor
   return ce + weight * kl
 
 
-def make_train_step(model: nn.Module, *, learning_rate: float = 3e-3, clip_norm: float = 1.0,
-                    weight: float = 0.1, autocast_dtype: torch.dtype | None = None):
+def make_train_step(
+  model: nn.Module,
+  *,
+  learning_rate: float = 3e-3,
+  clip_norm: float = 1.0,
+  weight: float = 0.1,
+  autocast_dtype: torch.dtype | None = None,
+):
   """``step(images, labels) -> loss``: forward, loss, backward, clipping, one Adam update."""
   optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
   device_type = next(model.parameters()).device.type
 
   def step(images, labels):
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(
+      device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
       loss = ce_kl_loss(model(images).float(), labels, weight)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
@@ -98,9 +110,20 @@ def make_train_step(model: nn.Module, *, learning_rate: float = 3e-3, clip_norm:
   return step
 
 
-def time_train_step(*, batch: int, size: int, in_channels: int, num_classes: int, depth: int,
-                    features: int, steps: int, warmup: int = 2, device: str = "cpu",
-                    channels_last: bool = True, bfloat16: bool = False) -> float:
+def time_train_step(
+  *,
+  batch: int,
+  size: int,
+  in_channels: int,
+  num_classes: int,
+  depth: int,
+  features: int,
+  steps: int,
+  warmup: int = 2,
+  device: str = "cpu",
+  channels_last: bool = True,
+  bfloat16: bool = False,
+) -> float:
   """Median milliseconds of one training step of the twin U-Net on a random batch."""
   torch.manual_seed(0)
   memory_format = torch.channels_last if channels_last else torch.contiguous_format

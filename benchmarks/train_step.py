@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regionloss_jax.data import IGNORE_INDEX
 from train import optim, parallel, xla_flags
 from train import step as step_lib
 from train.configs import default
@@ -42,18 +43,20 @@ IN_CHANNELS = 3
 NUM_CLASSES = 5
 
 PRESETS = {
-    "default": dict(features=8, size=128, precision="float32", batch=16, cpu_batch=16,
-                    steps=10, cpu_steps=10),
-    "large": dict(features=64, size=512, precision="bfloat16", batch=8, cpu_batch=1,
-                  steps=20, cpu_steps=2),
+  "default": dict(
+    features=8, size=128, precision="float32", batch=16, cpu_batch=16, steps=10, cpu_steps=10
+  ),
+  "large": dict(
+    features=64, size=512, precision="bfloat16", batch=8, cpu_batch=1, steps=20, cpu_steps=2
+  ),
 }
 
 # Dense (no sparsity) peak TFLOP/s by device_kind substring, bfloat16 then float32.
 GPU_PEAKS_TFLOPS = {
-    "H200": (989.0, 67.0),  # same chip as H100 SXM
-    "H100 PCIe": (756.0, 51.0),
-    "H100": (989.0, 67.0),  # SXM
-    "A100": (312.0, 19.5),
+  "H200": (989.0, 67.0),  # same chip as H100 SXM
+  "H100 PCIe": (756.0, 51.0),
+  "H100": (989.0, 67.0),  # SXM
+  "A100": (312.0, 19.5),
 }
 
 
@@ -85,8 +88,8 @@ def synthetic_batch(batch, size, seed=0):
   """``{"image": float32 (B, S, S, 3), "label": int32 (B, S, S)}``, standard normal / uniform."""
   rng = np.random.default_rng(seed)
   return {
-      "image": jnp.asarray(rng.standard_normal((batch, size, size, IN_CHANNELS), np.float32)),
-      "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (batch, size, size), np.int32)),
+    "image": jnp.asarray(rng.standard_normal((batch, size, size, IN_CHANNELS), np.float32)),
+    "label": jnp.asarray(rng.integers(0, NUM_CLASSES, (batch, size, size), np.int32)),
   }
 
 
@@ -95,15 +98,15 @@ class JaxStep:
   (the batch split over ``data``); calling it advances a private (donated) state."""
 
   def __init__(self, config):
-    model = step_lib.make_model(config, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES,
-                                seed=0)
+    model = step_lib.make_model(config, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, seed=0)
     optimizer = optim.make_optimizer(config)
     graphdef, _, state = step_lib.init_state(model, optimizer)
     self.mesh = parallel.make_mesh()
-    shardings = parallel.step_shardings(state, self.mesh,
-                                        shard_params=config.parallel.shard_params)
+    shardings = parallel.step_shardings(state, self.mesh, shard_params=config.parallel.shard_params)
     self.state = parallel.put_state(state, shardings.state)
-    self.step = step_lib.make_train_step(config, graphdef, optimizer, shardings)
+    self.step = step_lib.make_train_step(
+      config, graphdef, optimizer, shardings, ignore_index=IGNORE_INDEX
+    )
 
   def put(self, batch):
     """The batch on the mesh, split over its devices."""
@@ -149,16 +152,26 @@ def torch_timer(args, depth, device):
     import torch
     import torch_unet
   except ImportError:
-    print("torch is not installed here: `make bench-torch` runs this benchmark with the "
-          "PyTorch comparison (or `pip install torch` in a separate environment).")
+    print(
+      "torch is not installed here: `make bench-torch` runs this benchmark with the "
+      "PyTorch comparison (or `pip install torch` in a separate environment)."
+    )
     return None
   torch_device = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
   if device.platform == "gpu" and torch_device == "cpu":
     print("torch has no CUDA here: skipping the PyTorch comparison.")
     return None
-  options = dict(batch=args.batch, size=args.size, in_channels=IN_CHANNELS,
-                 num_classes=NUM_CLASSES, depth=depth, features=args.features, steps=args.steps,
-                 device=torch_device, bfloat16=args.precision == "bfloat16")
+  options = dict(
+    batch=args.batch,
+    size=args.size,
+    in_channels=IN_CHANNELS,
+    num_classes=NUM_CLASSES,
+    depth=depth,
+    features=args.features,
+    steps=args.steps,
+    device=torch_device,
+    bfloat16=args.precision == "bfloat16",
+  )
   return lambda: torch_unet.time_train_step(**options)
 
 
@@ -171,14 +184,24 @@ def parse_args():
   parser.add_argument("--depth", type=int, default=None, help="default: the config's")
   parser.add_argument("--precision", choices=("float32", "bfloat16"), default=None)
   parser.add_argument("--steps", type=int, default=None, help="timed steps per round")
-  parser.add_argument("--rounds", type=int, default=2,
-                      help="alternating JAX / PyTorch rounds; each row reports the best round")
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=2,
+    help="alternating JAX / PyTorch rounds; each row reports the best round",
+  )
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-  parser.add_argument("--cpu-devices", type=int, default=1,
-                      help="run the CPU as this many devices, as config.parallel.cpu_devices")
-  parser.add_argument("--no-xla-defaults", action="store_true",
-                      help="leave XLA_FLAGS as they are instead of adding the train program's "
-                           "(train/xla_flags.py)")
+  parser.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=1,
+    help="run the CPU as this many devices, as config.parallel.cpu_devices",
+  )
+  parser.add_argument(
+    "--no-xla-defaults",
+    action="store_true",
+    help="leave XLA_FLAGS as they are instead of adding the train program's (train/xla_flags.py)",
+  )
   args = parser.parse_args()
   if not args.no_xla_defaults:
     xla_flags.set_defaults()  # before the device query below opens the backend
@@ -197,16 +220,25 @@ def parse_args():
 def main():
   args = parse_args()
   device = jax.devices()[0]
-  config = make_config(batch=args.batch, size=args.size, features=args.features,
-                       precision=args.precision, depth=args.depth)
+  config = make_config(
+    batch=args.batch,
+    size=args.size,
+    features=args.features,
+    precision=args.precision,
+    depth=args.depth,
+  )
   depth = config.model.depth
   batch = synthetic_batch(args.batch, args.size)
-  print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform}, "
-        f"{os.cpu_count()} CPUs), "
-        f"jax {jax.__version__}")
-  print(f"preset {args.preset}: U-Net depth {depth}, {args.features} base features, "
-        f"batch {args.batch}, {args.size}x{args.size}x{IN_CHANNELS}, {args.precision}, "
-        f"loss {config.loss.name}, {config.optimizer.name}; median of {args.steps} steps")
+  print(
+    f"device: {jax.device_count()} x {device.device_kind} ({device.platform}, "
+    f"{os.cpu_count()} CPUs), "
+    f"jax {jax.__version__}"
+  )
+  print(
+    f"preset {args.preset}: U-Net depth {depth}, {args.features} base features, "
+    f"batch {args.batch}, {args.size}x{args.size}x{IN_CHANNELS}, {args.precision}, "
+    f"loss {config.loss.name}, {config.optimizer.name}; median of {args.steps} steps"
+  )
   print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'}")
 
   jax_step = JaxStep(config)
@@ -225,8 +257,10 @@ def main():
     jax_ms.append(_time_ms(jax_step, batch, steps=args.steps))
     if timer is not None:
       torch_ms.append(timer())
-  print(f"compile and first step {compile_s:.1f} s; peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); "
-        f"GFLOP/step from XLA's cost analysis (used for both rows)\n")
+  print(
+    f"compile and first step {compile_s:.1f} s; peak {peak / 1e9:.0f} GFLOP/s ({peak_source}); "
+    f"GFLOP/step from XLA's cost analysis (used for both rows)\n"
+  )
 
   gflop = flops / 1e9 if flops else float("nan")
   print("| step | ms/step | images/s | GFLOP/step | GFLOP/s | of peak | vs PyTorch |")
@@ -236,8 +270,10 @@ def main():
     rows.append((f"PyTorch {__import__('torch').__version__} eager", min(torch_ms)))
   for name, ms in rows:
     ratio = f"{min(torch_ms) / ms:.2f}x" if torch_ms else "-"
-    print(f"| {name} | {ms:.1f} | {args.batch * 1e3 / ms:.1f} | {gflop:.2f} | "
-          f"{gflop / ms * 1e3:.1f} | {gflop * 1e9 / (ms * 1e-3) / peak:.1%} | {ratio} |")
+    print(
+      f"| {name} | {ms:.1f} | {args.batch * 1e3 / ms:.1f} | {gflop:.2f} | "
+      f"{gflop / ms * 1e3:.1f} | {gflop * 1e9 / (ms * 1e-3) / peak:.1%} | {ratio} |"
+    )
   if len(jax_ms) > 1:
     spread = ", ".join(f"{ms:.0f}" for ms in jax_ms)
     torch_spread = ", ".join(f"{ms:.0f}" for ms in torch_ms) or "-"

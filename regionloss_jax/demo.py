@@ -12,8 +12,8 @@ from regionloss_jax import losses
 
 def main() -> None:
   labels = np.zeros((1, 32, 32), np.int32)
-  labels[0, 4:24, 4:24] = 1      # a large region
-  labels[0, 26:29, 26:29] = 2    # a tiny one
+  labels[0, 4:24, 4:24] = 1  # a large region
+  labels[0, 26:29, 26:29] = 2  # a tiny one
   logits = 4.0 * (np.eye(3)[labels] * 2 - 1)
   logits[0, 22:30, 22:30, 2] += 6.0  # over-segment the tiny class
   logits, labels = jnp.asarray(logits, jnp.float32), jnp.asarray(labels)

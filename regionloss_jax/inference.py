@@ -34,6 +34,12 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
   The first window starts at 0 and the last ends at ``size``; the ones between are spread
   evenly, with consecutive windows overlapping by at least ``overlap * window`` pixels
   (``overlap = 0`` tiles a multiple of the window exactly, without overlap).
+
+  Examples:
+    >>> window_starts(10, 4, 0.5)
+    [0, 2, 4, 6]
+    >>> window_starts(8, 4, 0.0)
+    [0, 4]
   """
   if size < window:
     raise ValueError(f"size {size} is smaller than the window {window}; pad the image first.")
@@ -52,6 +58,16 @@ def gaussian_weights(window: Sequence[int], *, sigma_scale: float = 0.125) -> np
 
   Returns:
     float32 ``window``-shaped array.
+
+  References:
+    F. Isensee, P. F. Jaeger, S. A. A. Kohl, J. Petersen, K. H. Maier-Hein, "nnU-Net: a
+    self-configuring method for deep learning-based biomedical image segmentation", Nature
+    Methods 18, 2021, doi:10.1038/s41592-020-01008-z (Gaussian importance weights with
+    sigma = window / 8, mirroring).
+
+  Examples:
+    >>> gaussian_weights((5,)).round(3)
+    array([0.006, 0.278, 1.   , 0.278, 0.006], dtype=float32)
   """
   weights = np.ones((), np.float64)
   for size in window:
@@ -61,12 +77,20 @@ def gaussian_weights(window: Sequence[int], *, sigma_scale: float = 0.125) -> np
   return weights.astype(np.float32)
 
 
-def _check(images: np.ndarray, window: tuple[int, ...], overlap: float, blend: str,
-           batch_size: int, mirror_axes: tuple[int, ...]) -> None:
+def _check(
+  images: np.ndarray,
+  window: tuple[int, ...],
+  overlap: float,
+  blend: str,
+  batch_size: int,
+  mirror_axes: tuple[int, ...],
+) -> None:
   n = len(window)
   if images.ndim != n + 2:
-    raise ValueError(f"images must be (B, *spatial, C) with {n} spatial axes for window "
-                     f"{window}; got shape {images.shape}.")
+    raise ValueError(
+      f"images must be (B, *spatial, C) with {n} spatial axes for window "
+      f"{window}; got shape {images.shape}."
+    )
   if any(w < 1 for w in window):
     raise ValueError(f"window sizes must be positive, got {window}.")
   if not 0.0 <= overlap < 1.0:
@@ -76,16 +100,18 @@ def _check(images: np.ndarray, window: tuple[int, ...], overlap: float, blend: s
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
   if any(not 0 <= a < n for a in mirror_axes) or len(set(mirror_axes)) != len(mirror_axes):
-    raise ValueError(f"mirror_axes must be distinct spatial axes in [0, {n}), got "
-                     f"{mirror_axes}.")
+    raise ValueError(f"mirror_axes must be distinct spatial axes in [0, {n}), got {mirror_axes}.")
 
 
 def _mirrored(apply_fn: Callable, mirror_axes: tuple[int, ...]) -> Callable:
   """``apply_fn`` averaged over every subset of flips along ``mirror_axes`` (batch excluded)."""
   if not mirror_axes:
     return apply_fn
-  subsets = [tuple(1 + a for a in subset) for r in range(len(mirror_axes) + 1)
-             for subset in itertools.combinations(mirror_axes, r)]
+  subsets = [
+    tuple(1 + a for a in subset)
+    for r in range(len(mirror_axes) + 1)
+    for subset in itertools.combinations(mirror_axes, r)
+  ]
 
   def averaged(windows):
     total = 0.0
@@ -98,10 +124,18 @@ def _mirrored(apply_fn: Callable, mirror_axes: tuple[int, ...]) -> Callable:
   return averaged
 
 
-def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap: float = 0.5,
-                   blend: str = "gaussian", batch_size: int = 4,
-                   mirror_axes: Sequence[int] = (), pad_value: float = 0.0,
-                   sigma_scale: float = 0.125) -> np.ndarray:
+def sliding_window(
+  apply_fn: Callable,
+  images,
+  *,
+  window: Sequence[int],
+  overlap: float = 0.5,
+  blend: str = "gaussian",
+  batch_size: int = 4,
+  mirror_axes: Sequence[int] = (),
+  pad_value: float = 0.0,
+  sigma_scale: float = 0.125,
+) -> np.ndarray:
   """Applies ``apply_fn`` to every image of any size through fixed-size windows and blends.
 
   Args:
@@ -123,6 +157,22 @@ def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap
 
   Returns:
     float32 NumPy array ``(B, *spatial, K)``: the blended outputs at the images' own size.
+
+  References:
+    F. Isensee, P. F. Jaeger, S. A. A. Kohl, J. Petersen, K. H. Maier-Hein, "nnU-Net: a
+    self-configuring method for deep learning-based biomedical image segmentation", Nature
+    Methods 18, 2021, doi:10.1038/s41592-020-01008-z (Gaussian importance weights with
+    sigma = window / 8, mirroring).
+
+  Examples:
+    A pointwise model gives the same output through windows as on the whole image, for any
+    image size:
+
+    >>> import numpy as np
+    >>> images = np.arange(2 * 9 * 7, dtype=np.float32).reshape(2, 9, 7, 1)
+    >>> out = sliding_window(lambda w: 2 * w, images, window=(4, 4), batch_size=3)
+    >>> out.shape, bool(np.allclose(out, 2 * images))
+    ((2, 9, 7, 1), True)
   """
   images = np.asarray(images, np.float32)
   window = tuple(int(w) for w in window)
@@ -134,28 +184,37 @@ def sliding_window(apply_fn: Callable, images, *, window: Sequence[int], overlap
   # its window, where the Gaussian weights the output most.
   before = [(p - s) // 2 for p, s in zip(padded_shape, spatial, strict=True)]
   if padded_shape != spatial:
-    widths = [(0, 0)] + [(b, p - s - b) for b, p, s
-                         in zip(before, padded_shape, spatial, strict=True)]
+    widths = [(0, 0)] + [
+      (b, p - s - b) for b, p, s in zip(before, padded_shape, spatial, strict=True)
+    ]
     images = np.pad(images, widths + [(0, 0)], constant_values=pad_value)
-  origins = list(itertools.product(*(window_starts(p, w, overlap)
-                                     for p, w in zip(padded_shape, window, strict=True))))
+  origins = list(
+    itertools.product(
+      *(window_starts(p, w, overlap) for p, w in zip(padded_shape, window, strict=True))
+    )
+  )
   tasks = [(b, origin) for b in range(images.shape[0]) for origin in origins]
   predict = _mirrored(apply_fn, mirror_axes)
   single = len(origins) == 1  # one window per image: weights cancel, none is applied
-  weights = (gaussian_weights(window, sigma_scale=sigma_scale) if blend == "gaussian"
-             else np.ones(window, np.float32))
+  weights = (
+    gaussian_weights(window, sigma_scale=sigma_scale)
+    if blend == "gaussian"
+    else np.ones(window, np.float32)
+  )
   device_weights = None if single else jnp.asarray(weights)[None, ..., None]
 
   out = None
   for first in range(0, len(tasks), batch_size):
-    chunk = tasks[first:first + batch_size]
+    chunk = tasks[first : first + batch_size]
     windows = np.full((batch_size, *window, images.shape[-1]), pad_value, np.float32)
     for i, (b, origin) in enumerate(chunk):
       windows[i] = images[(b, *(slice(o, o + w) for o, w in zip(origin, window, strict=True)))]
     result = predict(windows)
     if result.ndim != len(window) + 2 or tuple(result.shape[:-1]) != windows.shape[:-1]:
-      raise ValueError(f"apply_fn must map windows {windows.shape} to (batch_size, *window, "
-                       f"K) = {windows.shape[:-1] + ('K',)}; it returned {result.shape}.")
+      raise ValueError(
+        f"apply_fn must map windows {windows.shape} to (batch_size, *window, "
+        f"K) = {windows.shape[:-1] + ('K',)}; it returned {result.shape}."
+      )
     if not single:
       result = result * device_weights
     result = np.asarray(result, np.float32)

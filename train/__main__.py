@@ -9,22 +9,27 @@ import sys
 
 from absl import app, flags
 
-from train import cli, loop, parallel, reporting, xla_flags
-
+from train import cli, loop, parallel, run_log, xla_flags
 
 FIELDS_FILE = "train/configs/base.py"
-_CONFIG = cli.define_config_flag("train/configs/default.py", "Run configuration file.",
-                                 fields_file=FIELDS_FILE)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and plots.",
-                               required=True)
-_OVERWRITE = flags.DEFINE_bool("overwrite", False,
-                               "Discard a previous run in --workdir made with another config.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0 in a multi-process run.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Processes in a multi-process run.", lower_bound=1)
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.",
-                                   lower_bound=0)
+_CONFIG = cli.define_config_flag(
+  "train/configs/default.py", "Run configuration file.", fields_file=FIELDS_FILE
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, logs and plots.", required=True
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Discard a previous run in --workdir made with another config."
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Processes in a multi-process run.", lower_bound=1
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "This process's index, from 0.", lower_bound=0
+)
 
 
 def main(argv):
@@ -32,9 +37,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_flags.set_defaults()
   parallel.split_cpu(_CONFIG.value.parallel.cpu_devices)
-  parallel.initialize(coordinator_address=_COORDINATOR.value,
-                      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  reporting.setup_logging()
+  parallel.initialize(
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
+  run_log.log_to_workdir(_WORKDIR.value)
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   except (loop.Diverged, loop.OutOfMemory) as error:

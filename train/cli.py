@@ -19,10 +19,12 @@ def unknown_field_message(argv: list[str], error: Exception, config_file: str) -
   for arg in argv:
     field = arg.split("=", 1)[0].removeprefix("--config.")
     if arg.startswith("--config.") and key in field.split("."):
-      path = field[:field.index(key) + len(key)]
+      path = field[: field.index(key) + len(key)]
       suggestion = f' (did you mean "{hint.group(1)}"?)' if hint else ""
-      return (f"--config.{field}: the config has no field {path!r}{suggestion}; every field "
-              f"is listed in {config_file}.")
+      return (
+        f"--config.{field}: the config has no field {path!r}{suggestion}; every field "
+        f"is listed in {config_file}."
+      )
   return f"a --config field does not exist: {text.splitlines()[0]}"
 
 
@@ -31,14 +33,14 @@ def define_config_flag(default_file: str, help_text: str, *, fields_file: str):
   try:
     # Without --config on the command line, ml_collections loads the default file and
     # applies the overrides right here, at definition, so their errors surface here too.
-    return config_flags.DEFINE_config_file("config", default_file, help_text,
-                                           lock_config=True)
+    return config_flags.DEFINE_config_file("config", default_file, help_text, lock_config=True)
   except (KeyError, AttributeError) as error:
     sys.exit(f"error: {unknown_field_message(sys.argv, error, fields_file)}")
 
 
 def flags_parser(fields_file: str):
   """A ``flags_parser`` for ``absl.app.run``: flag mistakes end in one line."""
+
   def parse(argv: list[str]) -> list[str]:
     try:
       return flags.FLAGS(argv)
@@ -46,4 +48,5 @@ def flags_parser(fields_file: str):
       sys.exit(f"error: {error}\nPass --helpfull to see the flags.")
     except (KeyError, AttributeError) as error:
       sys.exit(f"error: {unknown_field_message(argv, error, fields_file)}")
+
   return parse

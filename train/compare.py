@@ -26,22 +26,38 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from train import cli, loop, parallel, reporting, statistics, xla_flags
+from train import cli, loop, parallel, reporting, run_log, statistics, xla_flags
 from train import compare_figures as figures
 from train.configs import base as base_config
 
 FIELDS_FILE = "train/configs/compare.py (the study) and train/configs/base.py (base.*)"
-_CONFIG = cli.define_config_flag("train/configs/compare.py", "Study configuration file.",
-                                 fields_file=FIELDS_FILE)
+_CONFIG = cli.define_config_flag(
+  "train/configs/compare.py", "Study configuration file.", fields_file=FIELDS_FILE
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study.", required=True)
 
 ALIASES = {"ce+logdice": ("ce+dice", {"log": True}), "logdice": ("dice", {"log": True})}
-METRICS = ("dice", "iou", "hd95", "detection_rate", "absent_false_positive_rate",
-           "proportion_mae", "proportion_bias", "ece")
+METRICS = (
+  "dice",
+  "iou",
+  "hd95",
+  "detection_rate",
+  "absent_false_positive_rate",
+  "proportion_mae",
+  "proportion_bias",
+  "ece",
+)
 # Which direction is better, for marking the best value of each column.
-BETTER = {"dice": max, "iou": max, "hd95": min, "detection_rate": max,
-          "absent_false_positive_rate": min, "proportion_mae": min, "ece": min,
-          "proportion_bias": lambda values: min(values, key=abs)}
+BETTER = {
+  "dice": max,
+  "iou": max,
+  "hd95": min,
+  "detection_rate": max,
+  "absent_false_positive_rate": min,
+  "proportion_mae": min,
+  "ece": min,
+  "proportion_bias": lambda values: min(values, key=abs),
+}
 REFERENCE = "ce"
 ALPHA = 0.05
 
@@ -59,21 +75,25 @@ def parse_loss(spec: str) -> tuple[str, dict]:
     try:
       options[key.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
-      raise ValueError(f"loss {spec!r}: option {item.strip()!r} needs a Python literal "
-                       "value") from None
+      raise ValueError(
+        f"loss {spec!r}: option {item.strip()!r} needs a Python literal value"
+      ) from None
   return name, options
 
 
-def run_config(base: ml_collections.ConfigDict, spec: str, seed: int,
-               **overrides) -> ml_collections.ConfigDict:
+def run_config(
+  base: ml_collections.ConfigDict, spec: str, seed: int, **overrides
+) -> ml_collections.ConfigDict:
   """``base`` with the loss of ``spec``, ``train.seed = seed`` and the loss ``overrides``."""
   name, options = parse_loss(spec)
   config = ml_collections.ConfigDict(base.to_dict())
   config.loss.name = name
   for key, value in {**options, **overrides}.items():
     if key not in config.loss or key == "weight_schedule":
-      raise ValueError(f"loss {spec!r}: unknown option {key!r}; valid: "
-                       f"{', '.join(['weight', *base_config.LOSS_OPTION_TYPES])}")
+      raise ValueError(
+        f"loss {spec!r}: unknown option {key!r}; valid: "
+        f"{', '.join(['weight', *base_config.LOSS_OPTION_TYPES])}"
+      )
     config.loss[key] = value
   config.train.seed = seed
   return config
@@ -87,8 +107,11 @@ def tuning_grid(spec: str, tune: ml_collections.ConfigDict) -> list[dict]:
   if len(parts) != 2 or {"weight", "temperature"} & set(options):
     return []
   temperatures = tune.temperatures if parts[1] in base_config.REGION_TERMS else (None,)
-  return [{"weight": float(w), "temperature": None if t is None else float(t)}
-          for w in tune.weights for t in temperatures]
+  return [
+    {"weight": float(w), "temperature": None if t is None else float(t)}
+    for w in tune.weights
+    for t in temperatures
+  ]
 
 
 def _setting_overrides(setting: dict) -> dict:
@@ -103,8 +126,12 @@ def _read_run(workdir: str) -> dict:
   with open(os.path.join(workdir, loop.SUMMARY_FILE)) as f:
     summary = json.load(f)["test"]
   per_image = dict(np.load(os.path.join(workdir, loop.PER_IMAGE_FILE)))
-  return {"workdir": workdir, "summary": summary, "per_image": per_image,
-          "records": reporting.read_metrics(workdir)}
+  return {
+    "workdir": workdir,
+    "summary": summary,
+    "per_image": per_image,
+    "records": reporting.read_metrics(workdir),
+  }
 
 
 def tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -122,21 +149,25 @@ def tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for setting in grid:
       run = run_config(config.base, spec, config.tune.seed, **_setting_overrides(setting))
       run.train.evaluate_test = False
-      run_dir = os.path.join(workdir, "tune", _slug(spec),
-                             _slug(f"w={setting['weight']}_t={setting['temperature']}"))
+      run_dir = os.path.join(
+        workdir, "tune", _slug(spec), _slug(f"w={setting['weight']}_t={setting['temperature']}")
+      )
       logging.info("study: tuning %s %s -> %s", spec, setting, run_dir)
       validation = loop.train_and_evaluate(run, run_dir)
       points.append({**setting, "val_dice": validation.get("dice"), "workdir": run_dir})
     # Highest validation Dice; a point with no score loses; ties keep the grid's order.
     best = max(points, key=lambda p: -np.inf if p["val_dice"] is None else p["val_dice"])
-    tuned[spec] = {"grid": points,
-                   "chosen": {"weight": best["weight"], "temperature": best["temperature"]}}
+    tuned[spec] = {
+      "grid": points,
+      "chosen": {"weight": best["weight"], "temperature": best["temperature"]},
+    }
   return tuned
 
 
 def aggregate(runs: list[dict]) -> dict:
   """Mean and standard deviation over seeds of each summary metric, per class too (seeds
   whose value is undefined, e.g. a class absent from the test split, are left out)."""
+
   def mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -148,12 +179,15 @@ def aggregate(runs: list[dict]) -> dict:
     out[key], out[f"{key}_std"] = mean_std([r["summary"].get(key) for r in runs])
   classes = runs[0]["summary"]["per_class"]
   out["per_class"] = {
-      name: {key: mean_std([r["summary"]["per_class"][name].get(key) for r in runs])[0]
-             for key in METRICS}
-      for name in classes}
-  out["runs"] = [{"workdir": r["workdir"], "seed": seed,
-                  **{key: r["summary"].get(key) for key in METRICS}}
-                 for seed, r in enumerate(runs)]
+    name: {
+      key: mean_std([r["summary"]["per_class"][name].get(key) for r in runs])[0] for key in METRICS
+    }
+    for name in classes
+  }
+  out["runs"] = [
+    {"workdir": r["workdir"], "seed": seed, **{key: r["summary"].get(key) for key in METRICS}}
+    for seed, r in enumerate(runs)
+  ]
   return out
 
 
@@ -191,15 +225,22 @@ def compare_with_reference(runs: dict[str, list[dict]], *, samples: int, seed: i
       raise ValueError(f"{label} has {len(label_runs)} seeds and ce {len(runs[REFERENCE])}")
     for run in label_runs:
       if not np.array_equal(run["per_image"]["name"], names):
-        raise ValueError(f"{run['workdir']}: its test images differ from ce's; the paired "
-                         "comparison needs the same images in the same order")
+        raise ValueError(
+          f"{run['workdir']}: its test images differ from ce's; the paired "
+          "comparison needs the same images in the same order"
+        )
     overall, per_class = _image_scores(label_runs)
-    comparison = _dice_diff(statistics.paired_difference(
-        overall, reference_overall, samples=samples, seed=seed))
+    comparison = _dice_diff(
+      statistics.paired_difference(overall, reference_overall, samples=samples, seed=seed)
+    )
     comparison["per_class"] = {
-        name: _dice_diff(statistics.paired_difference(
-            per_class[..., k], reference_classes[..., k], samples=samples, seed=seed))
-        for k, name in enumerate(class_names)}
+      name: _dice_diff(
+        statistics.paired_difference(
+          per_class[..., k], reference_classes[..., k], samples=samples, seed=seed
+        )
+      )
+      for k, name in enumerate(class_names)
+    }
     out[label] = comparison
   adjusted = statistics.holm([c["p_value"] for c in out.values()])
   for comparison, p_holm in zip(out.values(), adjusted, strict=True):
@@ -221,83 +262,119 @@ def _verdict(comparison: dict, p_key: str = "p_value") -> str:
 
 def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
   base, losses = config.base, list(report["losses"])
-  lines = [f"# Region-size bias study: {base.data.name}", "",
-           f"{config.seeds} seed(s) per loss, {base.train.steps} steps, batch "
-           f"{base.train.batch_size}, U-Net depth {base.model.depth} / {base.model.features} "
-           "features. Test split; Dice, IoU and HD95 are means over the images that hold a "
-           "class (MONAI `ignore_empty`, nnU-Net), then over the foreground classes; mean ± "
-           "std over seeds; **bold** = best of the column (closest to 0 for the bias).", ""]
+  lines = [
+    f"# Region-size bias study: {base.data.name}",
+    "",
+    f"{config.seeds} seed(s) per loss, {base.train.steps} steps, batch "
+    f"{base.train.batch_size}, U-Net depth {base.model.depth} / {base.model.features} "
+    "features. Test split; Dice, IoU and HD95 are means over the images that hold a "
+    "class (MONAI `ignore_empty`, nnU-Net), then over the foreground classes; mean ± "
+    "std over seeds; **bold** = best of the column (closest to 0 for the bias).",
+    "",
+  ]
   if report["tuning"]:
-    lines += ["## Settings, chosen on the validation split", "",
-              f"Seed {config.tune.seed}, the test split never opened; weights "
-              f"{tuple(config.tune.weights)}, temperatures {tuple(config.tune.temperatures)} "
-              "for the region terms (the authors' published CE+L1 setting is weight 1.0, "
-              "temperature 10). Validation Dice per setting; the chosen one in bold.", "",
-              "| loss | weight | temperature | validation Dice |", "|---|---|---|---|"]
+    lines += [
+      "## Settings, chosen on the validation split",
+      "",
+      f"Seed {config.tune.seed}, the test split never opened; weights "
+      f"{tuple(config.tune.weights)}, temperatures {tuple(config.tune.temperatures)} "
+      "for the region terms (the authors' published CE+L1 setting is weight 1.0, "
+      "temperature 10). Validation Dice per setting; the chosen one in bold.",
+      "",
+      "| loss | weight | temperature | validation Dice |",
+      "|---|---|---|---|",
+    ]
     for label, tuned in report["tuning"].items():
       for point in tuned["grid"]:
         chosen = (point["weight"], point["temperature"]) == (
-            tuned["chosen"]["weight"], tuned["chosen"]["temperature"])
-        cells = [str(point["weight"]), str(point["temperature"] or "-"),
-                 _format(point["val_dice"])]
+          tuned["chosen"]["weight"],
+          tuned["chosen"]["temperature"],
+        )
+        cells = [str(point["weight"]), str(point["temperature"] or "-"), _format(point["val_dice"])]
         if chosen:
           cells = [f"**{c}**" for c in cells]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
-  lines += ["## Test metrics", "", "| loss | setting | " + " | ".join(METRICS) + " |",
-            "|---" * (len(METRICS) + 2) + "|"]
+  lines += [
+    "## Test metrics",
+    "",
+    "| loss | setting | " + " | ".join(METRICS) + " |",
+    "|---" * (len(METRICS) + 2) + "|",
+  ]
   best = {}
   for key in METRICS:
-    values = [report["losses"][label][key] for label in losses
-              if report["losses"][label][key] is not None]
+    values = [
+      report["losses"][label][key] for label in losses if report["losses"][label][key] is not None
+    ]
     best[key] = BETTER[key](values) if values else None
   for label in losses:
     row = report["losses"][label]
     cells = []
     for key in METRICS:
-      text = (f"{_format(row[key])} ± {_format(row[key + '_std'])}" if row[key] is not None
-              else "-")
+      text = f"{_format(row[key])} ± {_format(row[key + '_std'])}" if row[key] is not None else "-"
       cells.append(f"**{text}**" if row[key] is not None and row[key] == best[key] else text)
     setting = row.get("setting")
-    setting_text = (f"w={setting['weight']}, T={setting['temperature'] or '-'}" if setting
-                    else "-")
+    setting_text = f"w={setting['weight']}, T={setting['temperature'] or '-'}" if setting else "-"
     lines.append(f"| {label} | {setting_text} | " + " | ".join(cells) + " |")
   classes = list(report["losses"][losses[0]]["per_class"])
-  lines += ["", "Dice per class (images holding the class; mean over seeds):", "",
-            "| loss | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+  lines += [
+    "",
+    "Dice per class (images holding the class; mean over seeds):",
+    "",
+    "| loss | " + " | ".join(classes) + " |",
+    "|---" * (len(classes) + 1) + "|",
+  ]
   for label in losses:
     per_class = report["losses"][label]["per_class"]
-    lines.append(f"| {label} | " + " | ".join(_format(per_class[c]["dice"]) for c in classes)
-                 + " |")
+    lines.append(
+      f"| {label} | " + " | ".join(_format(per_class[c]["dice"]) for c in classes) + " |"
+    )
   compared = {label: row["vs_ce"] for label, row in report["losses"].items() if "vs_ce" in row}
   if compared:
-    lines += ["", "## Paired against `ce`", "",
-              "Per test image, the Dice averaged over the foreground classes it holds; the "
-              "difference to `ce` averaged over seeds, then over images. 95% interval: "
-              f"paired bootstrap over images ({config.bootstrap_samples} resamples); p: "
-              "two-sided Wilcoxon signed-rank test over images; p (Holm): adjusted over the "
-              f"{len(compared)} comparisons. Significant means p (Holm) < {ALPHA}.", "",
-              "| loss | Dice − ce | 95% interval | p | p (Holm) | images | reading |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+      "",
+      "## Paired against `ce`",
+      "",
+      "Per test image, the Dice averaged over the foreground classes it holds; the "
+      "difference to `ce` averaged over seeds, then over images. 95% interval: "
+      f"paired bootstrap over images ({config.bootstrap_samples} resamples); p: "
+      "two-sided Wilcoxon signed-rank test over images; p (Holm): adjusted over the "
+      f"{len(compared)} comparisons. Significant means p (Holm) < {ALPHA}.",
+      "",
+      "| loss | Dice − ce | 95% interval | p | p (Holm) | images | reading |",
+      "|---|---|---|---|---|---|---|",
+    ]
     for label, c in compared.items():
       interval = "-" if c["ci95"] is None else f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
       diff = "-" if c["dice_diff"] is None else f"{c['dice_diff']:+.4f}"
-      lines.append(f"| {label} | {diff} | {interval} | {c['p_value']:.3g} | "
-                   f"{c['p_holm']:.3g} | {c['n']} | {_verdict(c, 'p_holm')} |")
-    not_significant = [label for label, c in compared.items()
-                       if c["dice_diff"] is not None and c["p_holm"] >= ALPHA]
+      lines.append(
+        f"| {label} | {diff} | {interval} | {c['p_value']:.3g} | "
+        f"{c['p_holm']:.3g} | {c['n']} | {_verdict(c, 'p_holm')} |"
+      )
+    not_significant = [
+      label for label, c in compared.items() if c["dice_diff"] is not None and c["p_holm"] >= ALPHA
+    ]
     if not_significant:
-      lines += ["", "Not significant (p (Holm) >= 0.05), i.e. no evidence here that they "
-                f"differ from `ce`: {', '.join(f'`{n}`' for n in not_significant)}."]
-    lines += ["", "Per class (images holding the class; p unadjusted):", "",
-              "| loss | class | Dice − ce | 95% interval | p | images |",
-              "|---|---|---|---|---|---|"]
+      lines += [
+        "",
+        "Not significant (p (Holm) >= 0.05), i.e. no evidence here that they "
+        f"differ from `ce`: {', '.join(f'`{n}`' for n in not_significant)}.",
+      ]
+    lines += [
+      "",
+      "Per class (images holding the class; p unadjusted):",
+      "",
+      "| loss | class | Dice − ce | 95% interval | p | images |",
+      "|---|---|---|---|---|---|",
+    ]
     for label, c in compared.items():
       for name, k in c["per_class"].items():
         if k["dice_diff"] is None:
           continue
-        lines.append(f"| {label} | {name} | {k['dice_diff']:+.4f} | [{k['ci95'][0]:+.4f}, "
-                     f"{k['ci95'][1]:+.4f}] | {k['p_value']:.3g} | {k['n']} |")
+        lines.append(
+          f"| {label} | {name} | {k['dice_diff']:+.4f} | [{k['ci95'][0]:+.4f}, "
+          f"{k['ci95'][1]:+.4f}] | {k['p_value']:.3g} | {k['n']} |"
+        )
   lines += ["", "Figures: " + ", ".join(f"`{p}`" for p in report["figures"].values()), ""]
   return "\n".join(lines)
 
@@ -312,7 +389,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for spec in config.losses:
     for setting in tuning_grid(spec, config.tune) or [{}]:
       loop.config_checks.check_config(
-          run_config(config.base, spec, 0, **_setting_overrides(setting)))
+        run_config(config.base, spec, 0, **_setting_overrides(setting))
+      )
   tuned = tune(config, workdir)
 
   runs: dict[str, list[dict]] = {}
@@ -325,13 +403,16 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
       loop.train_and_evaluate(run, run_dir)
       runs.setdefault(spec, []).append(_read_run(run_dir))
 
-  report = {"losses": {spec: aggregate(spec_runs) for spec, spec_runs in runs.items()},
-            "tuning": tuned}
+  report = {
+    "losses": {spec: aggregate(spec_runs) for spec, spec_runs in runs.items()},
+    "tuning": tuned,
+  }
   for spec in runs:
     if spec in tuned:
       report["losses"][spec]["setting"] = tuned[spec]["chosen"]
   for label, comparison in compare_with_reference(
-      runs, samples=config.bootstrap_samples, seed=0).items():
+    runs, samples=config.bootstrap_samples, seed=0
+  ).items():
     report["losses"][label]["vs_ce"] = comparison
   report["figures"] = figures.write_all(os.path.join(workdir, "figures"), runs, tuned)
   with open(os.path.join(workdir, "report.json"), "w") as f:
@@ -346,7 +427,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_flags.set_defaults()
   parallel.split_cpu(_CONFIG.value.base.parallel.cpu_devices)
-  reporting.setup_logging()
+  run_log.log_to_workdir(_WORKDIR.value)
   run_study(_CONFIG.value, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, "report.md")) as f:
     print(f.read())

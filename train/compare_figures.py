@@ -30,14 +30,20 @@ def proportions(runs_by_loss: dict, path: str) -> str:
   """Predicted (hard) against ground-truth proportion per image and class, a panel per loss."""
   labels = list(runs_by_loss)
   fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.8), squeeze=False)
-  for ax, label in zip(axes[0], labels):
+  for ax, label in zip(axes[0], labels, strict=False):
     runs = runs_by_loss[label]
     gt = np.maximum(_pooled(runs, "gt_proportion"), FLOOR)
     pred = np.maximum(_pooled(runs, "pred_proportion"), FLOOR)
     ax.scatter(gt, pred, s=6, alpha=0.4)
     ax.plot([FLOOR, 1], [FLOOR, 1], "k--", linewidth=1)
-    ax.set(xscale="log", yscale="log", xlim=(FLOOR, 1), ylim=(FLOOR, 1), title=label,
-           xlabel="ground-truth proportion")
+    ax.set(
+      xscale="log",
+      yscale="log",
+      xlim=(FLOOR, 1),
+      ylim=(FLOOR, 1),
+      title=label,
+      xlabel="ground-truth proportion",
+    )
   axes[0][0].set_ylabel("predicted proportion")
   fig.suptitle(f"test images x foreground classes (below {FLOOR:g} drawn at {FLOOR:g})")
   fig.tight_layout()
@@ -49,8 +55,10 @@ def proportions(runs_by_loss: dict, path: str) -> str:
 def proportion_errors(runs_by_loss: dict, path: str) -> str:
   """Distribution of the signed proportion error ``tauhat - tau`` per loss."""
   labels = list(runs_by_loss)
-  errors = [_pooled(runs_by_loss[name], "pred_proportion")
-            - _pooled(runs_by_loss[name], "gt_proportion") for name in labels]
+  errors = [
+    _pooled(runs_by_loss[name], "pred_proportion") - _pooled(runs_by_loss[name], "gt_proportion")
+    for name in labels
+  ]
   fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2, 4))
   ax.boxplot(errors, showfliers=True, flierprops={"markersize": 2})
   ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20)
@@ -76,8 +84,13 @@ def dice_against_size(runs_by_loss: dict, path: str) -> str:
         centres.append(np.sqrt(bins[b - 1] * bins[b]))
         means.append(dice[present][which == b].mean())
     ax.plot(centres, means, marker="o", label=label)
-  ax.set(xscale="log", xlabel="ground-truth proportion", ylabel="mean Dice",
-         title="Dice against region size", ylim=(0, 1))
+  ax.set(
+    xscale="log",
+    xlabel="ground-truth proportion",
+    ylabel="mean Dice",
+    title="Dice against region size",
+    ylim=(0, 1),
+  )
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=90)
@@ -91,10 +104,14 @@ def decomposition(runs_by_loss: dict, path: str) -> str:
   fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6))
   for label, runs in runs_by_loss.items():
     val = [r for r in runs[0]["records"] if r["split"] == "val"]
-    for ax, key in zip(axes, keys):
-      ax.plot([r["step"] for r in val], [r.get(f"decomposition/{key}") for r in val],
-              marker="o", label=label)
-  for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=False):
+      ax.plot(
+        [r["step"] for r in val],
+        [r.get(f"decomposition/{key}") for r in val],
+        marker="o",
+        label=label,
+      )
+  for ax, key in zip(axes, keys, strict=False):
     ax.set(title=key.replace("_", " "), xlabel="step")
   axes[0].legend(fontsize=8)
   fig.tight_layout()
@@ -110,16 +127,21 @@ def tuning(tuned: dict, path: str) -> str:
   for ax, label in zip(axes[0], labels, strict=True):
     grid = tuned[label]["grid"]
     for temperature in sorted({p["temperature"] for p in grid}, key=str):
-      points = sorted((p for p in grid if p["temperature"] == temperature),
-                      key=lambda p: p["weight"])
-      ax.plot([p["weight"] for p in points],
-              [np.nan if p["val_dice"] is None else p["val_dice"] for p in points],
-              marker="o", label="no T" if temperature is None else f"T={temperature}")
+      points = sorted(
+        (p for p in grid if p["temperature"] == temperature), key=lambda p: p["weight"]
+      )
+      ax.plot(
+        [p["weight"] for p in points],
+        [np.nan if p["val_dice"] is None else p["val_dice"] for p in points],
+        marker="o",
+        label="no T" if temperature is None else f"T={temperature}",
+      )
     chosen = tuned[label]["chosen"]
     ax.axvline(chosen["weight"], color="k", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
-    ax.set(xlabel="weight", title=f"{label} (chosen: {chosen['weight']}, "
-                                  f"T={chosen['temperature']})")
+    ax.set(
+      xlabel="weight", title=f"{label} (chosen: {chosen['weight']}, T={chosen['temperature']})"
+    )
     ax.legend(fontsize=8)
   axes[0][0].set_ylabel("validation Dice (seed 0)")
   fig.tight_layout()
@@ -131,12 +153,14 @@ def tuning(tuned: dict, path: str) -> str:
 def write_all(folder: str, runs_by_loss: dict, tuned: dict) -> dict[str, str]:
   os.makedirs(folder, exist_ok=True)
   paths = {
-      "proportions": proportions(runs_by_loss, os.path.join(folder, "proportions.png")),
-      "proportion_errors": proportion_errors(runs_by_loss,
-                                             os.path.join(folder, "proportion_errors.png")),
-      "dice_against_size": dice_against_size(runs_by_loss,
-                                             os.path.join(folder, "dice_against_size.png")),
-      "decomposition": decomposition(runs_by_loss, os.path.join(folder, "decomposition.png")),
+    "proportions": proportions(runs_by_loss, os.path.join(folder, "proportions.png")),
+    "proportion_errors": proportion_errors(
+      runs_by_loss, os.path.join(folder, "proportion_errors.png")
+    ),
+    "dice_against_size": dice_against_size(
+      runs_by_loss, os.path.join(folder, "dice_against_size.png")
+    ),
+    "decomposition": decomposition(runs_by_loss, os.path.join(folder, "decomposition.png")),
   }
   if tuned:
     paths["tuning"] = tuning(tuned, os.path.join(folder, "tuning.png"))

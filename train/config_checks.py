@@ -1,4 +1,4 @@
-"""Checks a run config before any work, and derives what the program needs from it.
+"""Checks a run config before any work (:mod:`train.build` derives the library's arguments).
 
 Every error names the field, the value and the valid choices, so that a typo fails in the
 first second instead of after an hour of training.
@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import ml_collections
 
+from regionloss_jax import data as rl_data
 from regionloss_jax import inference, losses
-from train.configs import base
+from train import build
 
 PRECISIONS = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 WEIGHT_SCHEDULES = ("constant", "linear", "step")
 MODES = ("multiclass", "binary")
-DATASETS = ("imbalanced_shapes/multiclass", "imbalanced_shapes/binary", "folder", "volumes",
-            "oxford_iiit_pet")
 
 
 def _choice(field: str, value, choices) -> None:
   if value not in choices:
-    raise ValueError(f"config.{field}={value!r} is not valid; choose one of: "
-                     f"{', '.join(map(str, choices))}.")
+    raise ValueError(
+      f"config.{field}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}."
+    )
 
 
 def _positive(field: str, value) -> None:
@@ -31,77 +31,9 @@ def _positive(field: str, value) -> None:
     raise ValueError(f"config.{field} must be a positive integer, got {value!r}.")
 
 
-def native(config: ml_collections.ConfigDict) -> bool:
-  """Images keep their own size: ``data.image_size`` is empty."""
-  return not config.data.image_size
-
-
-def loss_weight(config: ml_collections.ConfigDict) -> float:
-  """``loss.weight``, or the compound's reference weight when it is unset."""
-  return base.REFERENCE_WEIGHT if config.loss.weight is None else float(config.loss.weight)
-
-
-def loss_options(config: ml_collections.ConfigDict) -> dict:
-  """The ``make_loss`` keyword options of the config: the fields it sets, and for compounds
-  the reference weight (and temperature of a region term) where it sets none."""
-  options = {"mode": config.loss.mode, "ignore_index": config.loss.ignore_index}
-  parts = config.loss.name.split("+")
-  if len(parts) == 2:
-    options["weight"] = loss_weight(config)
-    if parts[1] in base.REGION_TERMS and config.loss.temperature is None:
-      options["temperature"] = base.REFERENCE_TEMPERATURE
-  for option in base.LOSS_OPTION_TYPES:
-    value = config.loss[option]
-    if value is not None:
-      options[option] = tuple(value) if isinstance(value, (list, tuple)) else value
-  return options
-
-
-def data_options(config: ml_collections.ConfigDict) -> dict:
-  """Keyword options of ``regionloss_jax.data.load`` for ``config.data``."""
-  name, cfg = config.data.name, config.data
-  options = {}
-  if cfg.cache_dir:
-    options["cache_dir"] = cfg.cache_dir
-  if name.startswith("imbalanced_shapes"):
-    if not native(config):
-      sizes = set(cfg.image_size)
-      if len(cfg.image_size) != 2 or len(sizes) != 1:
-        raise ValueError(f"imbalanced_shapes images are square: config.data.image_size must be "
-                         f"(S, S), got {tuple(cfg.image_size)}.")
-      options["image_size"] = sizes.pop()
-    if cfg.split_sizes is not None:
-      options["split_sizes"] = tuple(cfg.split_sizes)
-  elif name in ("folder", "volumes"):
-    if not cfg.dir:
-      raise ValueError(f"config.data.dir is required for data.name={name!r}: the dataset root "
-                       "holding train/ (and optionally val/, test/).")
-    if cfg.num_classes is None:
-      raise ValueError(f"config.data.num_classes is required for data.name={name!r} "
-                       "(classes including background).")
-    options.update(root=cfg.dir, num_classes=cfg.num_classes)
-    if cfg.class_names:
-      options["class_names"] = tuple(str(n) for n in cfg.class_names)
-    if cfg.value_map:
-      try:
-        options["value_map"] = {int(raw): int(cls) for raw, cls in cfg.value_map}
-      except (TypeError, ValueError):
-        raise ValueError(f"config.data.value_map={cfg.value_map!r} must be (raw value, class "
-                         "id) pairs, e.g. ((0, 0), (255, 1)).") from None
-    size = None if native(config) else tuple(cfg.image_size)
-    options["image_size" if name == "folder" else "shape"] = size
-    if name == "volumes":
-      options["spacing"] = tuple(cfg.spacing) if cfg.spacing else None
-      options["intensity_range"] = tuple(cfg.intensity_range) if cfg.intensity_range else None
-  elif name == "oxford_iiit_pet":
-    options["border"] = cfg.border
-    options["image_size"] = None if native(config) else tuple(cfg.image_size)
-  return options
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ValueError`` for anything that cannot work, before data or compilation."""
-  _choice("data.name", config.data.name, DATASETS)
+  _choice("data.name", config.data.name, rl_data.DATASETS)
   _choice("precision", config.precision, PRECISIONS)
   _positive("parallel.cpu_devices", config.parallel.cpu_devices)
   _choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
@@ -109,46 +41,72 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _choice("loss.weight_schedule.kind", config.loss.weight_schedule.kind, WEIGHT_SCHEDULES)
   _choice("loss.mode", config.loss.mode, MODES)
   _choice("model.spatial_dims", config.model.spatial_dims, (2, 3))
-  for field in ("steps", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every",
-                "log_every", "keep_checkpoints", "max_nonfinite_steps"):
+  for field in (
+    "steps",
+    "batch_size",
+    "eval_batch_size",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "max_nonfinite_steps",
+  ):
     _positive(f"train.{field}", config.train[field])
   if config.optimizer.learning_rate <= 0:
-    raise ValueError(f"config.optimizer.learning_rate must be > 0, got "
-                     f"{config.optimizer.learning_rate}.")
+    raise ValueError(
+      f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}."
+    )
   if config.loss.name not in losses.loss_names():
-    raise ValueError(f"config.loss.name={config.loss.name!r} is not a loss; choose one of: "
-                     f"{', '.join(losses.loss_names())}.")
-  losses.make_loss(config.loss.name, **loss_options(config))  # unknown options fail here
+    raise ValueError(
+      f"config.loss.name={config.loss.name!r} is not a loss; choose one of: "
+      f"{', '.join(losses.loss_names())}."
+    )
+  # Unknown options fail here; the dataset's own ignore value is checked once it is open.
+  ignore_index = config.loss.ignore_index
+  losses.make_loss(
+    config.loss.name,
+    **build.loss_options(
+      config, ignore_index=rl_data.IGNORE_INDEX if ignore_index is None else ignore_index
+    ),
+  )
   volumetric = config.data.name == "volumes"
   if volumetric != (config.model.spatial_dims == 3):
-    raise ValueError(f"config.model.spatial_dims={config.model.spatial_dims} does not fit "
-                     f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data).")
+    raise ValueError(
+      f"config.model.spatial_dims={config.model.spatial_dims} does not fit "
+      f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data)."
+    )
   _check_sizes(config)
   names, count = config.data.class_names, config.data.num_classes
   if names and count is not None and len(names) != count:
-    raise ValueError(f"config.data.class_names has {len(names)} names but "
-                     f"config.data.num_classes={count}; name every class, background first.")
-  data_options(config)
+    raise ValueError(
+      f"config.data.class_names has {len(names)} names but "
+      f"config.data.num_classes={count}; name every class, background first."
+    )
+  build.data_options(config)  # fields the dataset requires fail here
 
 
 def _sizes_message(field: str, value, config) -> str | None:
-  dims, side = config.model.spatial_dims, 2 ** config.model.depth
+  dims, side = config.model.spatial_dims, 2**config.model.depth
   value = tuple(value)
   if len(value) != dims:
-    return (f"config.{field}={value} has {len(value)} axes; the {dims}-D model needs one size "
-            "per spatial axis.")
+    return (
+      f"config.{field}={value} has {len(value)} axes; the {dims}-D model needs one size "
+      "per spatial axis."
+    )
   if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in value):
     return f"config.{field}={value} must hold positive integers."
   if any(s % side for s in value):
-    return (f"config.{field}={value} must be divisible by 2**model.depth={side} (the U-Net "
-            "halves it model.depth times).")
+    return (
+      f"config.{field}={value} must be divisible by 2**model.depth={side} (the U-Net "
+      "halves it model.depth times)."
+    )
   return None
 
 
 def _check_sizes(config: ml_collections.ConfigDict) -> None:
   """Sizes the model sees (``image_size``, ``patch_size``), spacing and inference options."""
   data = config.data
-  if not native(config) and not data.patch_size:
+  if not build.native(config) and not data.patch_size:
     message = _sizes_message("data.image_size", data.image_size, config)
     if message:
       raise ValueError(message)
@@ -156,55 +114,79 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
     message = _sizes_message("data.patch_size", data.patch_size, config)
     if message:
       raise ValueError(message)
-    if not native(config) and len(data.image_size) != len(data.patch_size):
-      raise ValueError(f"config.data.image_size={tuple(data.image_size)} and "
-                       f"data.patch_size={tuple(data.patch_size)} need the same axes.")
-  elif native(config) and not data.name.startswith("imbalanced_shapes"):
-    raise ValueError("config.data.image_size=() keeps every image at its own size, and sizes "
-                     "differ between images: set config.data.patch_size (e.g. (256, 256), or "
-                     "(128, 128, 128) for volumes) to train on patches and evaluate through "
-                     "sliding windows, or set data.image_size to resize every image.")
+    if not build.native(config) and len(data.image_size) != len(data.patch_size):
+      raise ValueError(
+        f"config.data.image_size={tuple(data.image_size)} and "
+        f"data.patch_size={tuple(data.patch_size)} need the same axes."
+      )
+  elif build.native(config) and not data.name.startswith("imbalanced_shapes"):
+    raise ValueError(
+      "config.data.image_size=() keeps every image at its own size, and sizes "
+      "differ between images: set config.data.patch_size (e.g. (256, 256), or "
+      "(128, 128, 128) for volumes) to train on patches and evaluate through "
+      "sliding windows, or set data.image_size to resize every image."
+    )
   if not 0.0 <= data.foreground_fraction <= 1.0:
-    raise ValueError(f"config.data.foreground_fraction={data.foreground_fraction} must be in "
-                     "[0, 1].")
+    raise ValueError(
+      f"config.data.foreground_fraction={data.foreground_fraction} must be in [0, 1]."
+    )
   for field in ("spacing", "intensity_range"):
     value = data[field]
     if value and data.name != "volumes":
-      raise ValueError(f"config.data.{field} is for 3-D volumes (data.name='volumes'), not "
-                       f"{data.name!r}.")
+      raise ValueError(
+        f"config.data.{field} is for 3-D volumes (data.name='volumes'), not {data.name!r}."
+      )
   if data.spacing and (len(data.spacing) != 3 or min(data.spacing) <= 0):
-    raise ValueError(f"config.data.spacing={tuple(data.spacing)} must be three positive voxel "
-                     "sizes in mm, (D, H, W) order.")
-  if data.intensity_range and (len(data.intensity_range) != 2
-                               or data.intensity_range[0] >= data.intensity_range[1]):
-    raise ValueError(f"config.data.intensity_range={tuple(data.intensity_range)} must be "
-                     "(low, high) with low < high.")
+    raise ValueError(
+      f"config.data.spacing={tuple(data.spacing)} must be three positive voxel "
+      "sizes in mm, (D, H, W) order."
+    )
+  if data.intensity_range and (
+    len(data.intensity_range) != 2 or data.intensity_range[0] >= data.intensity_range[1]
+  ):
+    raise ValueError(
+      f"config.data.intensity_range={tuple(data.intensity_range)} must be "
+      "(low, high) with low < high."
+    )
   if not 0.0 <= config.inference.overlap < 1.0:
     raise ValueError(f"config.inference.overlap={config.inference.overlap} must be in [0, 1).")
   _choice("inference.blend", config.inference.blend, inference.BLENDS)
 
 
-def check_devices(config: ml_collections.ConfigDict, device_count: int,
-                  process_count: int) -> None:
+def check_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
   """The global batch is split evenly over the devices (and so over the processes)."""
   if config.train.batch_size % device_count:
     raise ValueError(
-        f"config.train.batch_size={config.train.batch_size} is not divisible by the "
-        f"{device_count} devices ({process_count} process(es)); the batch is split evenly "
-        f"over them. Use a multiple of {device_count}, e.g. "
-        f"{device_count * max(1, round(config.train.batch_size / device_count))}"
-        + (f", or lower parallel.cpu_devices (now {config.parallel.cpu_devices})."
-           if config.parallel.cpu_devices > 1 else "."))
+      f"config.train.batch_size={config.train.batch_size} is not divisible by the "
+      f"{device_count} devices ({process_count} process(es)); the batch is split evenly "
+      f"over them. Use a multiple of {device_count}, e.g. "
+      f"{device_count * max(1, round(config.train.batch_size / device_count))}"
+      + (
+        f", or lower parallel.cpu_devices (now {config.parallel.cpu_devices})."
+        if config.parallel.cpu_devices > 1
+        else "."
+      )
+    )
 
 
 def check_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> None:
   """Mode and class count must agree: ``binary`` means exactly background + one class."""
   if config.loss.mode == "binary" and num_classes != 2:
-    raise ValueError(f"config.loss.mode='binary' needs a dataset with 2 classes (background "
-                     f"and one foreground); {config.data.name!r} has {num_classes}. Use "
-                     "loss.mode='multiclass'.")
+    raise ValueError(
+      f"config.loss.mode='binary' needs a dataset with 2 classes (background "
+      f"and one foreground); {config.data.name!r} has {num_classes}. Use "
+      "loss.mode='multiclass'."
+    )
 
 
-def model_channels(config: ml_collections.ConfigDict, num_classes: int) -> int:
-  """Logit channels: one sigmoid channel in binary mode, one per class otherwise."""
-  return 1 if config.loss.mode == "binary" else num_classes
+def check_ignore_index(config: ml_collections.ConfigDict, dataset_ignore_index: int) -> None:
+  """The dataset owns the label value of ignored pixels; loss and metrics both use it, so a
+  config may restate it (older runs' configs do) but not change it."""
+  value = config.loss.ignore_index
+  if value is not None and value != dataset_ignore_index:
+    raise ValueError(
+      f"config.loss.ignore_index={value} differs from the ignore value of "
+      f"data.name={config.data.name!r}, {dataset_ignore_index}: the loss would "
+      "count pixels the metrics leave out (or the reverse). Leave "
+      "loss.ignore_index unset; the dataset's value is used for both."
+    )

@@ -16,44 +16,74 @@ import numpy as np
 from absl import app, flags
 
 from regionloss_jax.data import preprocess
-from train import datasets, evaluation, optim, outputs, predictor, runs, xla_flags
+from train import (
+  config_checks,
+  datasets,
+  optim,
+  outputs,
+  predictor,
+  run_log,
+  runs,
+  scoring,
+  xla_flags,
+)
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory made by python -m train.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A run directory made by python -m train.", required=True
+)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to evaluate.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
-                                  "'best' (by validation Dice), 'latest' or a step number.")
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", "best", "'best' (by validation Dice), 'latest' or a step number."
+)
 _OUT = flags.DEFINE_string("out", None, "Output directory (default WORKDIR/predictions/SPLIT).")
-_TTA = flags.DEFINE_bool("tta", None, "Mirroring test-time augmentation (default: the run's "
-                         "config.inference.tta).")
+_TTA = flags.DEFINE_bool(
+  "tta", None, "Mirroring test-time augmentation (default: the run's config.inference.tta)."
+)
 
 
 def mask_writer(run: runs.TrainedRun, out: str):
   """``on_image(example, probs)`` that writes the example's mask on its file's grid."""
+
   def write(example: dict, probs: np.ndarray) -> None:
     original = probs
     if "original_shape" in example:
       spacing = tuple(example["spacing"]) if "spacing" in example else None
-      original = preprocess.to_original(run.preprocessing, probs,
-                                         tuple(example["original_shape"]), spacing)
-    outputs.write_mask(np.argmax(original, axis=-1), out, example["name"],
-                       affine=example.get("affine"))
+      original = preprocess.to_original(
+        run.preprocessing, probs, tuple(example["original_shape"]), spacing
+      )
+    outputs.write_mask(
+      np.argmax(original, axis=-1), out, example["name"], affine=example.get("affine")
+    )
+
   return write
 
 
-def evaluate_checkpoint(workdir: str, *, split: str = "test", checkpoint: str = "best",
-                        out: str | None = None, tta: bool | None = None) -> dict:
+def evaluate_checkpoint(
+  workdir: str,
+  *,
+  split: str = "test",
+  checkpoint: str = "best",
+  out: str | None = None,
+  tta: bool | None = None,
+) -> dict:
   """Evaluates ``checkpoint`` of the run in ``workdir``; returns the summary."""
   run = runs.open_run(workdir, checkpoint=checkpoint)
   data = datasets.open_split(run.config, split)
+  config_checks.check_ignore_index(run.config, data.ignore_index)
   out = out or os.path.join(workdir, "predictions", split)
   os.makedirs(out, exist_ok=True)
-  model = predictor.Predictor(run.config, run.eval_graphdef, window=run.window,
-                              tta=tta).load(run.params, run.rest)
-  result = evaluation.evaluate(
-      model, evaluation.make_score_fn(run.config), datasets.eval_examples(run.config, data),
-      weight=float(optim.loss_weight_schedule(run.config)(run.step)),
-      class_names=data.class_names, on_image=mask_writer(run, out))
+  model = predictor.Predictor(run.config, run.eval_graphdef, window=run.window, tta=tta).load(
+    run.params, run.rest
+  )
+  result = scoring.evaluate_split(
+    model,
+    scoring.make_score_fn(run.config, ignore_index=data.ignore_index),
+    datasets.eval_examples(run.config, data),
+    weight=float(optim.loss_weight_schedule(run.config)(run.step)),
+    class_names=data.class_names,
+    ignore_index=data.ignore_index,
+    on_image=mask_writer(run, out),
+  )
   summary = {**result["summary"], "checkpoint_step": run.step, "split": split}
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
@@ -64,8 +94,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_flags.set_defaults()  # the same XLA as training, so the same numbers
-  summary = evaluate_checkpoint(_WORKDIR.value, split=_SPLIT.value,
-                                checkpoint=_CHECKPOINT.value, out=_OUT.value, tta=_TTA.value)
+  run_log.log_to_workdir(_WORKDIR.value, create=False)
+  summary = evaluate_checkpoint(
+    _WORKDIR.value, split=_SPLIT.value, checkpoint=_CHECKPOINT.value, out=_OUT.value, tta=_TTA.value
+  )
   print(json.dumps({k: v for k, v in summary.items() if k != "per_class"}, indent=2))
 
 

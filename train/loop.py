@@ -14,16 +14,17 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from regionloss_jax import data as rl_data
 from train import (
   checkpoints,
   config_checks,
   datasets,
-  evaluation,
   optim,
   parallel,
   plots,
   predictor,
   reporting,
+  scoring,
 )
 from train import step as step_lib
 
@@ -33,9 +34,21 @@ CONFIG_FILE = "config.json"
 # of its files and the inference window.
 INFERENCE_FILE = "inference.json"
 PER_IMAGE_FILE = "test_per_image.npz"  # (N, C) arrays: dice, iou, hd95, proportions
-SUMMARY_KEYS = ("dice", "iou", "hd95", "precision", "recall", "detection_rate",
-                "absent_false_positive_rate", "proportion_mae", "proportion_bias",
-                "proportion_mae_soft", "proportion_bias_soft", "ece", "dice_all_images")
+SUMMARY_KEYS = (
+  "dice",
+  "iou",
+  "hd95",
+  "precision",
+  "recall",
+  "detection_rate",
+  "absent_false_positive_rate",
+  "proportion_mae",
+  "proportion_bias",
+  "proportion_mae_soft",
+  "proportion_bias_soft",
+  "ece",
+  "dice_all_images",
+)
 
 
 class Diverged(RuntimeError):
@@ -49,14 +62,16 @@ class OutOfMemory(RuntimeError):
 def _out_of_memory_message(config: ml_collections.ConfigDict, workdir: str, error) -> str:
   device = jax.devices()[0].device_kind
   detail = str(error).strip().splitlines()[0][:200]
-  return (f"out of memory on {jax.device_count()} x {device} ({detail}). Lower one of: "
-          f"train.batch_size (now {config.train.batch_size}), train.eval_batch_size (now "
-          f"{config.train.eval_batch_size}), {_size_field(config)}, "
-          f"model.features (now {config.model.features}) or model.max_features (now "
-          f"{config.model.max_features or 'unset'}); or set precision='bfloat16' (now "
-          f"{config.precision!r}); with several devices, parallel.shard_params=True splits the "
-          f"parameters and optimiser state. Checkpoints in {workdir} are kept: re-run with a "
-          "changed field and --overwrite, or the same command on a larger device to resume.")
+  return (
+    f"out of memory on {jax.device_count()} x {device} ({detail}). Lower one of: "
+    f"train.batch_size (now {config.train.batch_size}), train.eval_batch_size (now "
+    f"{config.train.eval_batch_size}), {_size_field(config)}, "
+    f"model.features (now {config.model.features}) or model.max_features (now "
+    f"{config.model.max_features or 'unset'}); or set precision='bfloat16' (now "
+    f"{config.precision!r}); with several devices, parallel.shard_params=True splits the "
+    f"parameters and optimiser state. Checkpoints in {workdir} are kept: re-run with a "
+    "changed field and --overwrite, or the same command on a larger device to resume."
+  )
 
 
 def _size_field(config: ml_collections.ConfigDict) -> str:
@@ -68,8 +83,11 @@ def _size_field(config: ml_collections.ConfigDict) -> str:
 
 def write_inference_record(workdir: str, data, window) -> None:
   """``workdir/inference.json``: class names, preprocessing and window, for train.predict."""
-  record = {"class_names": list(data.class_names), "window": list(window),
-            "preprocessing": data.preprocessing.to_dict() if data.preprocessing else None}
+  record = {
+    "class_names": list(data.class_names),
+    "window": list(window),
+    "preprocessing": data.preprocessing.to_dict() if data.preprocessing else None,
+  }
   tmp = os.path.join(workdir, INFERENCE_FILE + ".tmp")
   with open(tmp, "w") as f:
     json.dump(record, f, indent=2)
@@ -85,23 +103,41 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: b
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path) and not overwrite:
     with open(path) as f:
-      previous = json.load(f)
+      previous = _as_current_fields(json.load(f))
     if previous != current:
       changed = sorted(_differences(previous, current))
-      raise ValueError(f"{workdir} holds a run with a different config (changed: "
-                       f"{', '.join(changed)}); use another --workdir, or pass --overwrite "
-                       "to discard that run.")
+      raise ValueError(
+        f"{workdir} holds a run with a different config (changed: "
+        f"{', '.join(changed)}); use another --workdir, or pass --overwrite "
+        "to discard that run."
+      )
   multihost_utils.sync_global_devices("workdir checked")
   if jax.process_index() == 0:
     _reset_workdir(workdir, current, overwrite)
   multihost_utils.sync_global_devices("workdir ready")
 
 
+def _as_current_fields(previous: dict) -> dict:
+  """A config written before the dataset owned the ignore value recorded the loss's 255,
+  what "unset" means now: that run is the same run, resumable without --overwrite."""
+  loss = previous.get("loss", {})
+  if loss.get("ignore_index") == rl_data.IGNORE_INDEX:
+    previous = {**previous, "loss": {**loss, "ignore_index": None}}
+  return previous
+
+
 def _reset_workdir(workdir: str, current: dict, overwrite: bool) -> None:
   os.makedirs(workdir, exist_ok=True)
   if overwrite:
-    for name in ("checkpoints", reporting.METRICS_FILE, SUMMARY_FILE, PER_IMAGE_FILE,
-                 INFERENCE_FILE, "tensorboard", "plots"):
+    for name in (
+      "checkpoints",
+      reporting.METRICS_FILE,
+      SUMMARY_FILE,
+      PER_IMAGE_FILE,
+      INFERENCE_FILE,
+      "tensorboard",
+      "plots",
+    ):
       target = os.path.join(workdir, name)
       if os.path.isdir(target):
         shutil.rmtree(target)
@@ -138,13 +174,26 @@ def _print_table(summary: dict, plot_paths: dict) -> None:
   lines = [header, "-" * len(header)]
   for key in SUMMARY_KEYS:
     if key in summary:
-      lines.append(f"{key:<27}{_cell(summary[key], 9)}" + "".join(
-          _cell(summary["per_class"][n].get(key), 12) for n in names))
-  lines.append(f"{'images with the class':<27}{'':>9}" + "".join(
-      f"{summary['per_class'][n]['num_present']:>12d}" for n in names))
-  print("\n".join(["", "test metrics (mean over foreground classes; dice, iou, hd95, "
-                   "precision, recall over the images holding the class, '-' where none "
-                   "does):"] + lines + [""]))
+      lines.append(
+        f"{key:<27}{_cell(summary[key], 9)}"
+        + "".join(_cell(summary["per_class"][n].get(key), 12) for n in names)
+      )
+  lines.append(
+    f"{'images with the class':<27}{'':>9}"
+    + "".join(f"{summary['per_class'][n]['num_present']:>12d}" for n in names)
+  )
+  print(
+    "\n".join(
+      [
+        "",
+        "test metrics (mean over foreground classes; dice, iou, hd95, "
+        "precision, recall over the images holding the class, '-' where none "
+        "does):",
+      ]
+      + lines
+      + [""]
+    )
+  )
   for name, path in plot_paths.items():
     print(f"{name:>20}: {path}")
 
@@ -164,8 +213,9 @@ def _finish_without_test(workdir: str, best: int, lead: bool) -> dict:
   return validation
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       overwrite: bool = False) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+) -> dict:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), then evaluates
   the best checkpoint on the test split and writes the summary and plots.
 
@@ -183,12 +233,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise OutOfMemory(_out_of_memory_message(config, workdir, error)) from error
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                        overwrite: bool) -> dict:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
+) -> dict:
   config_checks.check_config(config)
   config_checks.check_devices(config, jax.device_count(), jax.process_count())
-  logging.info("%d device(s) (%s), %d process(es)", jax.device_count(),
-               jax.devices()[0].device_kind, jax.process_count())
+  logging.info(
+    "%d device(s) (%s), %d process(es)",
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+    jax.process_count(),
+  )
   lead = jax.process_index() == 0
   _check_workdir(config, workdir, overwrite)
   summary_path = os.path.join(workdir, SUMMARY_FILE)
@@ -198,17 +253,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   splits = {s: datasets.open_split(config, s) for s in names}
   class_names = splits["train"].class_names
   config_checks.check_num_classes(config, len(class_names))
+  ignore_index = splits["train"].ignore_index
+  for data in splits.values():
+    config_checks.check_ignore_index(config, data.ignore_index)
   example = splits["train"].source[0]["image"]
-  model = step_lib.make_model(config, in_channels=np.shape(example)[-1],
-                              num_classes=len(class_names), seed=config.train.seed)
+  model = step_lib.make_model(
+    config, in_channels=np.shape(example)[-1], num_classes=len(class_names), seed=config.train.seed
+  )
   optimizer = optim.make_optimizer(config)
   graphdef, eval_graphdef, state = step_lib.init_state(model, optimizer)
   mesh = parallel.make_mesh()
   shardings = parallel.step_shardings(state, mesh, shard_params=config.parallel.shard_params)
   state = parallel.put_state(state, shardings.state)
   abstract_state = parallel.abstract(state, shardings.state)
-  train_step = step_lib.make_train_step(config, graphdef, optimizer, shardings)
-  score_fn = evaluation.make_score_fn(config)
+  train_step = step_lib.make_train_step(
+    config, graphdef, optimizer, shardings, ignore_index=ignore_index
+  )
+  score_fn = scoring.make_score_fn(config, ignore_index=ignore_index)
   window = predictor.window_size(config, datasets.spatial_shape(config, splits["train"]))
   if lead:
     write_inference_record(workdir, splits["train"], window)
@@ -218,15 +279,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def evaluate(state, split: str, at_step: int, keep: int = 0) -> dict:
     whole_images.load(state.params, state.rest)
-    return evaluation.evaluate(whole_images, score_fn,
-                               datasets.eval_examples(config, splits[split]),
-                               weight=float(weight_schedule(at_step)),
-                               class_names=class_names, keep=keep)
+    return scoring.evaluate_split(
+      whole_images,
+      score_fn,
+      datasets.eval_examples(config, splits[split]),
+      weight=float(weight_schedule(at_step)),
+      class_names=class_names,
+      ignore_index=ignore_index,
+      keep=keep,
+    )
 
   mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   iterator = iter(datasets.train_pipeline(config, splits["train"]))
   start, restored, data_state = checkpoints.restore_newest_readable(
-      mngr, abstract_state, os.path.join(workdir, "corrupt_checkpoints"))
+    mngr, abstract_state, os.path.join(workdir, "corrupt_checkpoints")
+  )
   if start:
     state = restored
     iterator.set_state(data_state)
@@ -250,8 +317,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     dice = result["summary"]["dice"]
     return -1.0 if dice is None else dice
 
-  progress = tqdm(total=config.train.steps, initial=start, disable=not lead, unit="step",
-                  dynamic_ncols=True, mininterval=2.0)
+  progress = tqdm(
+    total=config.train.steps,
+    initial=start,
+    disable=not lead,
+    unit="step",
+    dynamic_ncols=True,
+    mininterval=2.0,
+  )
   sums, count, clock = {}, 0, time.perf_counter()
   nonfinite_flags, consecutive, skipped = [], 0, 0
   for step in range(start + 1, config.train.steps + 1):
@@ -269,13 +342,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if consecutive >= config.train.max_nonfinite_steps:
           bad_step = step - len(nonfinite_flags) + offset + 1
           last = mngr.latest_step()
-          good = (f"step {last} in {os.path.join(workdir, 'checkpoints')}" if last
-                  else "none (the run stopped before its first checkpoint)")
+          good = (
+            f"step {last} in {os.path.join(workdir, 'checkpoints')}"
+            if last
+            else "none (the run stopped before its first checkpoint)"
+          )
           raise Diverged(
-              f"non-finite loss or gradient for {consecutive} consecutive steps, the last at "
-              f"step {bad_step}; stopping. Those updates were skipped and nothing non-finite "
-              f"was checkpointed; the last good checkpoint is {good}. Lower "
-              "optimizer.learning_rate, keep optimizer.grad_clip_norm > 0, or check the data.")
+            f"non-finite loss or gradient for {consecutive} consecutive steps, the last at "
+            f"step {bad_step}; stopping. Those updates were skipped and nothing non-finite "
+            f"was checkpointed; the last good checkpoint is {good}. Lower "
+            "optimizer.learning_rate, keep optimizer.grad_clip_norm > 0, or check the data."
+          )
       nonfinite_flags = []
     if last_of_interval:
       record = {key: float(value) / count for key, value in sums.items()}
@@ -291,8 +368,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       checkpoints.save(mngr, step, state, iterator.get_state(), val_dice)
       clock = time.perf_counter()  # evaluation and saving are not training throughput
   progress.close()
-  logging.info("process %d of %d: parameter checksum %.12e", jax.process_index(),
-               jax.process_count(), parallel.local_checksum(state.params))
+  logging.info(
+    "process %d of %d: parameter checksum %.12e",
+    jax.process_index(),
+    jax.process_count(),
+    parallel.local_checksum(state.params),
+  )
 
   best = checkpoints.best_step(mngr) or mngr.latest_step()
   if not config.train.evaluate_test:

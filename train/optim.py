@@ -6,7 +6,7 @@ import ml_collections
 import optax
 
 from regionloss_jax import losses
-from train import config_checks
+from train import build
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -17,27 +17,31 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   if opt.schedule == "constant":
     main = optax.constant_schedule(opt.learning_rate)
   elif opt.schedule == "cosine":
-    main = optax.cosine_decay_schedule(opt.learning_rate, decay_steps,
-                                       alpha=opt.end_learning_rate / opt.learning_rate)
+    main = optax.cosine_decay_schedule(
+      opt.learning_rate, decay_steps, alpha=opt.end_learning_rate / opt.learning_rate
+    )
   else:
-    main = optax.polynomial_schedule(opt.learning_rate, opt.end_learning_rate,
-                                     power=opt.poly_power, transition_steps=decay_steps)
+    main = optax.polynomial_schedule(
+      opt.learning_rate, opt.end_learning_rate, power=opt.poly_power, transition_steps=decay_steps
+    )
   if warmup == 0:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), main],
-                              boundaries=[warmup])
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, opt.learning_rate, warmup), main], boundaries=[warmup]
+  )
 
 
 def loss_weight_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """The compound loss's weight per step, ending at (or capped by) ``loss.weight`` (its
   reference value when unset)."""
-  target, schedule = config_checks.loss_weight(config), config.loss.weight_schedule
+  target, schedule = build.loss_weight(config), config.loss.weight_schedule
   if schedule.kind == "constant":
     return optax.constant_schedule(target)
   if schedule.kind == "linear":
     return optax.linear_schedule(schedule.start_weight, target, schedule.ramp_steps)
-  return losses.step_weight_schedule(schedule.start_weight, factor=schedule.factor,
-                                     step_size=schedule.step_size, max_weight=target)
+  return losses.step_weight_schedule(
+    schedule.start_weight, factor=schedule.factor, step_size=schedule.step_size, max_weight=target
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -33,9 +33,11 @@ def write_mask(classes: np.ndarray, out_dir: str, name: str, *, affine=None, hea
   base = os.path.join(out_dir, stem(name))
   if classes.ndim == 3:
     import nibabel  # Only volume users need it.
+
     header = header.copy() if header is not None else None
-    image = nibabel.Nifti1Image(np.ascontiguousarray(classes.T),
-                                np.eye(4) if affine is None else np.asarray(affine), header)
+    image = nibabel.Nifti1Image(
+      np.ascontiguousarray(classes.T), np.eye(4) if affine is None else np.asarray(affine), header
+    )
     image.set_data_dtype(np.uint8)
     if header is not None:  # a mask holds class ids: no intensity scaling
       image.header.set_slope_inter(1.0, 0.0)
@@ -51,6 +53,7 @@ def write_probabilities(probs: np.ndarray, out_dir: str, name: str, class_names)
   """``out_dir/<stem>.npz`` with ``probabilities`` (float32 ``(*spatial, K)``, the input's
   own grid, ``(D, H, W)`` order for volumes) and ``class_names``."""
   path = os.path.join(out_dir, stem(name) + ".npz")
-  np.savez_compressed(path, probabilities=np.asarray(probs, np.float32),
-                      class_names=np.asarray(list(class_names)))
+  np.savez_compressed(
+    path, probabilities=np.asarray(probs, np.float32), class_names=np.asarray(list(class_names))
+  )
   return path

@@ -50,8 +50,12 @@ def _cluster_environment() -> str | None:
   return None
 
 
-def initialize(*, coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+  *,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Joins a multi-process run, before anything touches a device.
 
   With ``coordinator_address`` (``HOST:PORT`` of process 0), ``num_processes`` and
@@ -62,9 +66,11 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
   """
   given = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in given) and any(v is None for v in given):
-    raise ValueError("--coordinator_address, --num_processes and --process_id go together; got "
-                     f"coordinator_address={coordinator_address!r}, "
-                     f"num_processes={num_processes!r}, process_id={process_id!r}.")
+    raise ValueError(
+      "--coordinator_address, --num_processes and --process_id go together; got "
+      f"coordinator_address={coordinator_address!r}, "
+      f"num_processes={num_processes!r}, process_id={process_id!r}."
+    )
   if coordinator_address is None:
     launcher = _cluster_environment()
     if launcher is None:
@@ -96,8 +102,9 @@ def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh named ``data`` over every device of every process."""
   # Auto axes: the partitioner propagates shardings through the model code, which was not
   # written with explicit sharding types.
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -118,22 +125,26 @@ def _fsdp_spec(shape: tuple[int, ...], devices: int, min_size: int) -> Partition
   return PartitionSpec()
 
 
-def state_shardings(state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool,
-                    min_size: int = MIN_SHARDED_SIZE) -> Any:
+def state_shardings(
+  state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool, min_size: int = MIN_SHARDED_SIZE
+) -> Any:
   """A ``NamedSharding`` per leaf of ``state``: replicated, or (``shard_params``) split
   along the leaf's largest axis that the device count divides, for leaves of at least
   ``min_size`` elements."""
+
   def leaf(x):
     if not shard_params:
       return replicated(mesh)
     return NamedSharding(mesh, _fsdp_spec(tuple(x.shape), mesh.size, min_size))
+
   return jax.tree.map(leaf, state)
 
 
 def abstract(tree: Any, shardings: Any) -> Any:
   """``jax.ShapeDtypeStruct`` leaves carrying ``shardings`` (what orbax restores into)."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
 
 
 def put_state(state: Any, shardings: Any) -> Any:
@@ -144,8 +155,10 @@ def put_state(state: Any, shardings: Any) -> Any:
 def put_train_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """A global batch from each process's share (``global / process_count`` examples)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
 
 
 def local_mesh() -> jax.sharding.Mesh:
@@ -161,6 +174,7 @@ def local_copy(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   of several processes (``parallel.shard_params``) are gathered, which every process must
   then do at the same point.
   """
+
   def leaf(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       if x.is_fully_replicated:
@@ -170,6 +184,7 @@ def local_copy(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     else:
       whole = x
     return jax.device_put(whole, replicated(mesh))
+
   return jax.tree.map(leaf, tree)
 
 
@@ -184,7 +199,7 @@ def gather_rows(rows: np.ndarray) -> np.ndarray:
     return rows
   counts = multihost_utils.process_allgather(np.asarray([len(rows)], np.int32)).reshape(-1)
   padded = np.zeros((int(counts.max()), *rows.shape[1:]), rows.dtype)
-  padded[:len(rows)] = rows
+  padded[: len(rows)] = rows
   bits = padded.view(np.uint32)  # JAX arrays are 32-bit without x64
   gathered = np.asarray(multihost_utils.process_allgather(bits)).view(rows.dtype)
   return np.concatenate([gathered[p, :count] for p, count in enumerate(counts)])
@@ -192,16 +207,20 @@ def gather_rows(rows: np.ndarray) -> np.ndarray:
 
 class StepShardings(NamedTuple):
   """What a jitted step is told about where its inputs and outputs live."""
+
   state: Any
   batch: NamedSharding
   replicated: NamedSharding
 
 
-def step_shardings(state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool,
-                   min_size: int = MIN_SHARDED_SIZE) -> StepShardings:
+def step_shardings(
+  state: Any, mesh: jax.sharding.Mesh, *, shard_params: bool, min_size: int = MIN_SHARDED_SIZE
+) -> StepShardings:
   return StepShardings(
-      state_shardings(state, mesh, shard_params=shard_params, min_size=min_size),
-      batch_sharding(mesh), replicated(mesh))
+    state_shardings(state, mesh, shard_params=shard_params, min_size=min_size),
+    batch_sharding(mesh),
+    replicated(mesh),
+  )
 
 
 def local_checksum(tree: Any) -> float:

@@ -39,15 +39,25 @@ def proportion_scatter(per_image: dict, class_names, path: str) -> str:
   first = len(class_names) - len(names)
   fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
   floor = 1e-4
-  for ax, k, name in zip(axes[0], range(first, len(class_names)), names):
+  for ax, k, name in zip(axes[0], range(first, len(class_names)), names, strict=False):
     gt = np.maximum(per_image["gt_proportion"][:, k], floor)
-    for key, marker, label in (("pred_proportion", "o", "hard"),
-                               ("pred_proportion_soft", "x", "soft")):
-      ax.scatter(gt, np.maximum(per_image[key][:, k], floor), s=10, marker=marker, alpha=0.6,
-                 label=label)
+    for key, marker, label in (
+      ("pred_proportion", "o", "hard"),
+      ("pred_proportion_soft", "x", "soft"),
+    ):
+      ax.scatter(
+        gt, np.maximum(per_image[key][:, k], floor), s=10, marker=marker, alpha=0.6, label=label
+      )
     ax.plot([floor, 1], [floor, 1], "k--", linewidth=1)
-    ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), title=name,
-           xlabel="ground-truth proportion", ylabel="predicted proportion")
+    ax.set(
+      xscale="log",
+      yscale="log",
+      xlim=(floor, 1),
+      ylim=(floor, 1),
+      title=name,
+      xlabel="ground-truth proportion",
+      ylabel="predicted proportion",
+    )
     ax.legend(loc="upper left")
   fig.suptitle(f"region proportions per image (values below {floor:g} drawn at {floor:g})")
   fig.tight_layout()
@@ -72,14 +82,14 @@ def overlays(samples, num_classes: int, path: str) -> str:
   """Rows of image | ground truth | prediction (ignored pixels in white)."""
   fig, axes = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
   cmap = plt.get_cmap("tab10", max(num_classes, 2))
-  for row, (image, label, pred) in zip(axes, samples):
+  for row, (image, label, pred) in zip(axes, samples, strict=False):
     row[0].imshow(_display_image(image), cmap="gray")
     label = np.ma.masked_greater_equal(_display_mask(label), num_classes)
-    row[1].imshow(label, cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1,
-                  interpolation="nearest")
-    row[2].imshow(_display_mask(pred), cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1,
-                  interpolation="nearest")
-    for ax, title in zip(row, ("image", "ground truth", "prediction")):
+    row[1].imshow(label, cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1, interpolation="nearest")
+    row[2].imshow(
+      _display_mask(pred), cmap=cmap, vmin=0, vmax=max(num_classes, 2) - 1, interpolation="nearest"
+    )
+    for ax, title in zip(row, ("image", "ground truth", "prediction"), strict=False):
       ax.set_title(title)
       ax.axis("off")
   fig.tight_layout()
@@ -96,16 +106,32 @@ def reliability(histogram: np.ndarray, class_names, path: str) -> str:
   bins = histogram.shape[1]
   edges = np.linspace(0.0, 1.0, bins + 1)
   centres = (edges[:-1] + edges[1:]) / 2
-  fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 5.6), squeeze=False,
-                           gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+  fig, axes = plt.subplots(
+    2,
+    len(names),
+    figsize=(3.6 * len(names), 5.6),
+    squeeze=False,
+    gridspec_kw={"height_ratios": [3, 1]},
+    sharex=True,
+  )
   for column, (k, name) in enumerate(zip(range(first, len(class_names)), names, strict=True)):
     count, confidence, correct = histogram[k, :, 0], histogram[k, :, 1], histogram[k, :, 2]
     filled = count > 0
     ax, ax_count = axes[0, column], axes[1, column]
-    ax.bar(centres[filled], correct[filled] / count[filled], width=1 / bins, alpha=0.7,
-           edgecolor="k", label="observed")
-    ax.plot(confidence[filled] / count[filled], correct[filled] / count[filled], "r.",
-            label="at mean confidence")
+    ax.bar(
+      centres[filled],
+      correct[filled] / count[filled],
+      width=1 / bins,
+      alpha=0.7,
+      edgecolor="k",
+      label="observed",
+    )
+    ax.plot(
+      confidence[filled] / count[filled],
+      correct[filled] / count[filled],
+      "r.",
+      label="at mean confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
     total = max(count.sum(), 1.0)
     ece = np.abs(correct - confidence).sum() / total
@@ -124,11 +150,14 @@ def write_all(workdir: str, records, test_eval: dict, class_names) -> dict[str, 
   folder = os.path.join(workdir, "plots")
   os.makedirs(folder, exist_ok=True)
   return {
-      "training_curves": training_curves(records, os.path.join(folder, "training_curves.png")),
-      "proportions": proportion_scatter(test_eval["per_image"], class_names,
-                                        os.path.join(folder, "proportions_test.png")),
-      "overlays": overlays(test_eval["samples"], len(class_names),
-                           os.path.join(folder, "overlays_test.png")),
-      "reliability": reliability(test_eval["calibration"], class_names,
-                                 os.path.join(folder, "reliability_test.png")),
+    "training_curves": training_curves(records, os.path.join(folder, "training_curves.png")),
+    "proportions": proportion_scatter(
+      test_eval["per_image"], class_names, os.path.join(folder, "proportions_test.png")
+    ),
+    "overlays": overlays(
+      test_eval["samples"], len(class_names), os.path.join(folder, "overlays_test.png")
+    ),
+    "reliability": reliability(
+      test_eval["calibration"], class_names, os.path.join(folder, "reliability_test.png")
+    ),
   }

@@ -27,25 +27,31 @@ from absl import app, flags, logging
 from tqdm import tqdm
 
 from regionloss_jax.data import files, preprocess
-from train import outputs, parallel, predictor, reporting, runs, xla_flags
+from train import outputs, parallel, predictor, run_log, runs, xla_flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory made by python -m train.",
-                               required=True)
-_INPUT = flags.DEFINE_string("input", None, "An image or volume file, or a folder of them.",
-                             required=True)
-_OUT = flags.DEFINE_string("out", None, "Folder for the masks (created if needed).",
-                           required=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
-                                  "'best' (by validation Dice), 'latest' or a step number.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A run directory made by python -m train.", required=True
+)
+_INPUT = flags.DEFINE_string(
+  "input", None, "An image or volume file, or a folder of them.", required=True
+)
+_OUT = flags.DEFINE_string("out", None, "Folder for the masks (created if needed).", required=True)
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", "best", "'best' (by validation Dice), 'latest' or a step number."
+)
 _TTA = flags.DEFINE_bool("tta", False, "Average over mirroring every spatial axis.")
-_PROBABILITIES = flags.DEFINE_bool("save_probabilities", False,
-                                   "Also write the class probabilities as OUT/<stem>.npz.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0 in a multi-process run.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Processes in a multi-process run.", lower_bound=1)
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.",
-                                   lower_bound=0)
+_PROBABILITIES = flags.DEFINE_bool(
+  "save_probabilities", False, "Also write the class probabilities as OUT/<stem>.npz."
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "HOST:PORT of process 0 in a multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Processes in a multi-process run.", lower_bound=1
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "This process's index, from 0.", lower_bound=0
+)
 
 SUFFIXES = {2: files.IMAGE_SUFFIXES + (".npy",), 3: files.VOLUME_SUFFIXES}
 
@@ -70,8 +76,10 @@ def list_inputs(path: str, spatial_dims: int) -> tuple[list[pathlib.Path], list[
     if candidate.name.lower().endswith(SUFFIXES[spatial_dims]):
       inputs.append(candidate)
     else:
-      problems.append(f"{candidate}: not a {kind} file of this {spatial_dims}-D run (expected "
-                      f"{', '.join(SUFFIXES[spatial_dims])})")
+      problems.append(
+        f"{candidate}: not a {kind} file of this {spatial_dims}-D run (expected "
+        f"{', '.join(SUFFIXES[spatial_dims])})"
+      )
   return inputs, problems
 
 
@@ -85,8 +93,14 @@ def read_input(path: pathlib.Path, spatial_dims: int):
   return files.read_image(path), None, None, None
 
 
-def predict_file(path: pathlib.Path, model: predictor.Predictor, run: runs.TrainedRun,
-                 out: str, *, save_probabilities: bool) -> str:
+def predict_file(
+  path: pathlib.Path,
+  model: predictor.Predictor,
+  run: runs.TrainedRun,
+  out: str,
+  *,
+  save_probabilities: bool,
+) -> str:
   """Segments one file and writes its mask (and probabilities); returns the mask's path."""
   prep = run.preprocessing
   array, spacing, affine, header = read_input(path, prep.spatial_dims)
@@ -95,10 +109,9 @@ def predict_file(path: pathlib.Path, model: predictor.Predictor, run: runs.Train
   except ValueError as error:
     raise ValueError(f"{error} (shape {array.shape})") from error
   probs = model.probabilities(model.logits(image[None]))[0]
-  spatial = array.shape[:prep.spatial_dims]
+  spatial = array.shape[: prep.spatial_dims]
   probs = preprocess.to_original(prep, probs, spatial, spacing)
-  mask = outputs.write_mask(np.argmax(probs, axis=-1), out, path.name, affine=affine,
-                            header=header)
+  mask = outputs.write_mask(np.argmax(probs, axis=-1), out, path.name, affine=affine, header=header)
   if save_probabilities:
     outputs.write_probabilities(probs, out, path.name, run.class_names)
   return mask
@@ -112,8 +125,7 @@ def _collisions(inputs: list[pathlib.Path], out: str, spatial_dims: int) -> list
   for path in inputs:
     target = (pathlib.Path(out) / (outputs.stem(path.name) + suffix)).resolve()
     if target in sources:
-      problems.append(f"{path}: its mask {target} would overwrite an input; choose another "
-                      "--out")
+      problems.append(f"{path}: its mask {target} would overwrite an input; choose another --out")
     elif target in targets:
       problems.append(f"{path}: same stem as {targets[target]}; both masks would be {target}")
     else:
@@ -121,8 +133,15 @@ def _collisions(inputs: list[pathlib.Path], out: str, spatial_dims: int) -> list
   return problems
 
 
-def predict(workdir: str, input_path: str, out: str, *, checkpoint: str = "best",
-            tta: bool = False, save_probabilities: bool = False) -> list[str]:
+def predict(
+  workdir: str,
+  input_path: str,
+  out: str,
+  *,
+  checkpoint: str = "best",
+  tta: bool = False,
+  save_probabilities: bool = False,
+) -> list[str]:
   """Predicts every input of this process's share; returns the paths of the masks written.
 
   Raises:
@@ -135,11 +154,17 @@ def predict(workdir: str, input_path: str, out: str, *, checkpoint: str = "best"
   if collisions:
     raise PredictionError("nothing was written:\n" + "\n".join(f"  - {c}" for c in collisions))
   os.makedirs(out, exist_ok=True)
-  model = predictor.Predictor(run.config, run.eval_graphdef, window=run.window,
-                              tta=tta).load(run.params, run.rest)
-  mine = inputs[jax.process_index()::jax.process_count()]
-  logging.info("predicting %d of %d input(s) with checkpoint %d of %s", len(mine), len(inputs),
-               run.step, workdir)
+  model = predictor.Predictor(run.config, run.eval_graphdef, window=run.window, tta=tta).load(
+    run.params, run.rest
+  )
+  mine = inputs[jax.process_index() :: jax.process_count()]
+  logging.info(
+    "predicting %d of %d input(s) with checkpoint %d of %s",
+    len(mine),
+    len(inputs),
+    run.step,
+    workdir,
+  )
   written = []
   for path in tqdm(mine, unit="input", dynamic_ncols=True, disable=jax.process_index() != 0):
     try:
@@ -149,8 +174,10 @@ def predict(workdir: str, input_path: str, out: str, *, checkpoint: str = "best"
       logging.error("cannot predict %s", message)
       problems.append(message)
   if problems:
-    raise PredictionError(f"{len(written)} mask(s) written to {out}; {len(problems)} input(s) "
-                          "failed:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise PredictionError(
+      f"{len(written)} mask(s) written to {out}; {len(problems)} input(s) "
+      "failed:\n" + "\n".join(f"  - {p}" for p in problems)
+    )
   return written
 
 
@@ -158,12 +185,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   xla_flags.set_defaults()
-  parallel.initialize(coordinator_address=_COORDINATOR.value,
-                      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  reporting.setup_logging()
+  parallel.initialize(
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
+  run_log.log_to_workdir(_WORKDIR.value, create=False)
   try:
-    written = predict(_WORKDIR.value, _INPUT.value, _OUT.value, checkpoint=_CHECKPOINT.value,
-                      tta=_TTA.value, save_probabilities=_PROBABILITIES.value)
+    written = predict(
+      _WORKDIR.value,
+      _INPUT.value,
+      _OUT.value,
+      checkpoint=_CHECKPOINT.value,
+      tta=_TTA.value,
+      save_probabilities=_PROBABILITIES.value,
+    )
   except (PredictionError, FileNotFoundError, ValueError) as error:
     sys.exit(f"error: {error}")
   print(f"{len(written)} mask(s) written to {_OUT.value}")

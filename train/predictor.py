@@ -28,8 +28,10 @@ def window_size(config: ml_collections.ConfigDict, spatial_shape) -> tuple[int, 
   if config.data.patch_size:
     return tuple(int(s) for s in config.data.patch_size)
   if not spatial_shape:
-    raise ValueError("a model trained on whole images of differing sizes has no window; set "
-                     "config.data.patch_size or config.data.image_size.")
+    raise ValueError(
+      "a model trained on whole images of differing sizes has no window; set "
+      "config.data.patch_size or config.data.image_size."
+    )
   return tuple(int(s) for s in spatial_shape)
 
 
@@ -54,8 +56,9 @@ class Predictor:
     tta: mirror every spatial axis (test-time augmentation); default ``config.inference.tta``.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, eval_graphdef, *, window,
-               tta: bool | None = None):
+  def __init__(
+    self, config: ml_collections.ConfigDict, eval_graphdef, *, window, tta: bool | None = None
+  ):
     self.config = config
     self.window = tuple(window)
     self.binary = config.loss.mode == "binary"
@@ -63,8 +66,9 @@ class Predictor:
     self.mesh = parallel.local_mesh()
     self.batch_size = config.train.eval_batch_size
     split = self.batch_size % self.mesh.size == 0
-    self.window_sharding = (parallel.batch_sharding(self.mesh) if split
-                            else parallel.replicated(self.mesh))
+    self.window_sharding = (
+      parallel.batch_sharding(self.mesh) if split else parallel.replicated(self.mesh)
+    )
     self.params = self.rest = None
 
     def window_logits(params, rest, windows):
@@ -87,9 +91,14 @@ class Predictor:
     if self.params is None:
       raise RuntimeError("Predictor.load(params, rest) first")
     return inference.sliding_window(
-        self._apply, images, window=self.window, overlap=self.config.inference.overlap,
-        blend=self.config.inference.blend, batch_size=self.batch_size,
-        mirror_axes=tuple(range(len(self.window))) if self.tta else ())
+      self._apply,
+      images,
+      window=self.window,
+      overlap=self.config.inference.overlap,
+      blend=self.config.inference.blend,
+      batch_size=self.batch_size,
+      mirror_axes=tuple(range(len(self.window))) if self.tta else (),
+    )
 
   def probabilities(self, logits: np.ndarray) -> np.ndarray:
     return probabilities(logits, binary=self.binary)

@@ -8,13 +8,11 @@ a resumed run equals that of an uninterrupted one.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import math
 import os
 
 import numpy as np
 import tensorboardX
-from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -23,23 +21,11 @@ def _scalars(record: dict) -> dict:
   out = {}
   for key, value in record.items():
     if isinstance(value, (int, float, np.floating, np.integer)) or (
-        hasattr(value, "shape") and np.ndim(value) == 0):
+      hasattr(value, "shape") and np.ndim(value) == 0
+    ):
       value = float(value)
       out[key] = value if math.isfinite(value) else None
   return out
-
-
-class _QuietLibraries(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the run log; warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
-def setup_logging() -> None:
-  """absl INFO logging for the program's own messages, without the libraries' chatter."""
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def read_metrics(workdir: str) -> list[dict]:

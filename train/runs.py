@@ -52,11 +52,12 @@ def checkpoint_step(mngr, checkpoint: str, workdir: str) -> int:
     try:
       step = int(checkpoint)
     except ValueError:
-      raise ValueError(f"--checkpoint={checkpoint!r}: use best, latest or a step number.") \
-          from None
+      raise ValueError(f"--checkpoint={checkpoint!r}: use best, latest or a step number.") from None
   if step is None or step not in mngr.all_steps():
-    raise ValueError(f"checkpoint {checkpoint!r} not found in {workdir}/checkpoints; "
-                     f"available steps: {sorted(mngr.all_steps())}.")
+    raise ValueError(
+      f"checkpoint {checkpoint!r} not found in {workdir}/checkpoints; "
+      f"available steps: {sorted(mngr.all_steps())}."
+    )
   return step
 
 
@@ -68,20 +69,33 @@ def open_run(workdir: str, *, checkpoint: str = "best") -> TrainedRun:
   config = load_config(workdir)
   path = os.path.join(workdir, INFERENCE_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: the run in {workdir} was made before runs "
-                            "recorded their preprocessing; train it again to predict with it.")
+    raise FileNotFoundError(
+      f"{path} not found: the run in {workdir} was made before runs "
+      "recorded their preprocessing; train it again to predict with it."
+    )
   with open(path) as f:
     record = json.load(f)
   preprocessing = Preprocessing.from_dict(record["preprocessing"])
   class_names = tuple(record["class_names"])
   eval_graphdef, abstract = step_lib.abstract_state(
-      config, optim.make_optimizer(config), in_channels=preprocessing.channels,
-      num_classes=len(class_names))
+    config,
+    optim.make_optimizer(config),
+    in_channels=preprocessing.channels,
+    num_classes=len(class_names),
+  )
   # Every leaf whole on this process's devices, whatever topology wrote the checkpoint.
   local = parallel.replicated(parallel.local_mesh())
   abstract = parallel.abstract(abstract, jax.tree.map(lambda _: local, abstract))
   mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   step = checkpoint_step(mngr, checkpoint, workdir)
   state, _ = checkpoints.restore(mngr, step, abstract)
-  return TrainedRun(config, class_names, preprocessing, tuple(record["window"]), eval_graphdef,
-                    state.params, state.rest, int(step))
+  return TrainedRun(
+    config,
+    class_names,
+    preprocessing,
+    tuple(record["window"]),
+    eval_graphdef,
+    state.params,
+    state.rest,
+    int(step),
+  )

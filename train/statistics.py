@@ -23,8 +23,9 @@ from scipy import stats
 BOOTSTRAP_SAMPLES = 10_000
 
 
-def paired_difference(ours: np.ndarray, reference: np.ndarray, *, samples: int =
-                      BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+def paired_difference(
+  ours: np.ndarray, reference: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> dict:
   """Paired comparison of per-image scores, ``(seeds, images)`` each.
 
   Images where either array holds NaN (e.g. a class absent from that image) are left out.
@@ -38,8 +39,9 @@ def paired_difference(ours: np.ndarray, reference: np.ndarray, *, samples: int =
   ours = np.atleast_2d(np.asarray(ours, np.float64))
   reference = np.atleast_2d(np.asarray(reference, np.float64))
   if ours.shape != reference.shape:
-    raise ValueError(f"paired scores need one shape (seeds, images); got {ours.shape} and "
-                     f"{reference.shape}")
+    raise ValueError(
+      f"paired scores need one shape (seeds, images); got {ours.shape} and {reference.shape}"
+    )
   differences = ours - reference
   keep = ~np.isnan(differences).any(axis=0)
   per_image = differences[:, keep].mean(axis=0)
@@ -49,8 +51,12 @@ def paired_difference(ours: np.ndarray, reference: np.ndarray, *, samples: int =
   rng = np.random.default_rng(seed)
   resampled = per_image[rng.integers(0, n, (samples, n))].mean(axis=1)
   low, high = np.percentile(resampled, [2.5, 97.5])
-  return {"diff": float(per_image.mean()), "ci95": [float(low), float(high)],
-          "p_value": wilcoxon_p(per_image), "n": n}
+  return {
+    "diff": float(per_image.mean()),
+    "ci95": [float(low), float(high)],
+    "p_value": wilcoxon_p(per_image),
+    "n": n,
+  }
 
 
 def wilcoxon_p(differences: np.ndarray) -> float:

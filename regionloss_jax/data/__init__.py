@@ -12,23 +12,50 @@ embedded), ``folder`` (the user's images and masks), ``volumes`` (the user's 3-D
 and ``oxford_iiit_pet`` (downloaded by TFDS).
 """
 
-from regionloss_jax.data.augment import Augment
-from regionloss_jax.data.cache import cache_dir
-from regionloss_jax.data.folder import SegmentationFolder, load_folder
-from regionloss_jax.data.imbalanced_shapes import (
-  ImbalancedShapes,
-  ImbalancedShapesConfig,
-  load_imbalanced_shapes,
-  shapes_config,
-)
-from regionloss_jax.data.oxford_pet import load_oxford_pet
-from regionloss_jax.data.pipeline import eval_examples, make_pipeline, restore_state, save_state
-from regionloss_jax.data.preprocess import Preprocessing
-from regionloss_jax.data.source import IGNORE_INDEX, DataError, SegmentationData
-from regionloss_jax.data.volumes import SegmentationVolumes, load_volumes
+# The training stack (TFDS, grain, PIL, nibabel, ...) is the `train` extra, not a dependency of
+# the losses: say so instead of failing on the first missing module.
+_TRAIN_EXTRA = {
+  "PIL",
+  "array_record",
+  "etils",
+  "flax",
+  "grain",
+  "nibabel",
+  "optax",
+  "tensorflow_datasets",
+}
 
-DATASETS = ("imbalanced_shapes/binary", "imbalanced_shapes/multiclass", "folder", "volumes",
-            "oxford_iiit_pet")
+try:
+  from regionloss_jax.data.augment import Augment
+  from regionloss_jax.data.cache import cache_dir
+  from regionloss_jax.data.folder import SegmentationFolder, load_folder
+  from regionloss_jax.data.imbalanced_shapes import (
+    ImbalancedShapes,
+    ImbalancedShapesConfig,
+    load_imbalanced_shapes,
+    shapes_config,
+  )
+  from regionloss_jax.data.oxford_pet import load_oxford_pet
+  from regionloss_jax.data.pipeline import eval_examples, make_pipeline, restore_state, save_state
+  from regionloss_jax.data.preprocess import Preprocessing
+  from regionloss_jax.data.source import IGNORE_INDEX, DataError, SegmentationData
+  from regionloss_jax.data.volumes import SegmentationVolumes, load_volumes
+except ModuleNotFoundError as error:
+  if (error.name or "").partition(".")[0] not in _TRAIN_EXTRA:
+    raise
+  raise ModuleNotFoundError(
+    f"regionloss_jax.data needs {error.name!r}, part of the training extra: "
+    "pip install 'regionloss_jax[train]'",
+    name=error.name,
+  ) from error
+
+DATASETS = (
+  "imbalanced_shapes/binary",
+  "imbalanced_shapes/multiclass",
+  "folder",
+  "volumes",
+  "oxford_iiit_pet",
+)
 
 
 def load(name: str, *, split: str = "train", **options) -> SegmentationData:
@@ -51,25 +78,25 @@ def load(name: str, *, split: str = "train", **options) -> SegmentationData:
 
 
 __all__ = [
-    "Augment",
-    "DATASETS",
-    "DataError",
-    "IGNORE_INDEX",
-    "ImbalancedShapes",
-    "ImbalancedShapesConfig",
-    "Preprocessing",
-    "SegmentationData",
-    "SegmentationFolder",
-    "SegmentationVolumes",
-    "cache_dir",
-    "eval_examples",
-    "load",
-    "load_folder",
-    "load_imbalanced_shapes",
-    "load_oxford_pet",
-    "load_volumes",
-    "make_pipeline",
-    "restore_state",
-    "save_state",
-    "shapes_config",
+  "Augment",
+  "DATASETS",
+  "DataError",
+  "IGNORE_INDEX",
+  "ImbalancedShapes",
+  "ImbalancedShapesConfig",
+  "Preprocessing",
+  "SegmentationData",
+  "SegmentationFolder",
+  "SegmentationVolumes",
+  "cache_dir",
+  "eval_examples",
+  "load",
+  "load_folder",
+  "load_imbalanced_shapes",
+  "load_oxford_pet",
+  "load_volumes",
+  "make_pipeline",
+  "restore_state",
+  "save_state",
+  "shapes_config",
 ]

@@ -46,8 +46,15 @@ class Augment:
 
   @classmethod
   def none(cls) -> Augment:
-    return cls(flip_axes=(), scale=(1.0, 1.0), aspect_ratio=(1.0, 1.0), zoom=(1.0, 1.0),
-               max_rotation_deg=0.0, brightness=0.0, contrast=0.0)
+    return cls(
+      flip_axes=(),
+      scale=(1.0, 1.0),
+      aspect_ratio=(1.0, 1.0),
+      zoom=(1.0, 1.0),
+      max_rotation_deg=0.0,
+      brightness=0.0,
+      contrast=0.0,
+    )
 
 
 def sample_affine(rng: np.random.Generator, in_shape, out_shape, augment: Augment):
@@ -130,18 +137,32 @@ def warp(image: np.ndarray, mask: np.ndarray, matrix, offset, out_shape):
   from outside the input are ``IGNORE_INDEX``.
   """
   out_shape = tuple(int(s) for s in out_shape)
-  if image.shape[:-1] == out_shape and np.allclose(matrix, np.eye(len(out_shape))) and (
-      np.allclose(offset, 0.0)):
+  if (
+    image.shape[:-1] == out_shape
+    and np.allclose(matrix, np.eye(len(out_shape)))
+    and (np.allclose(offset, 0.0))
+  ):
     return image.astype(np.float32), mask
   # One call per channel: cheaper than a (n+1)-D transform with an identity channel axis.
   image = image.astype(np.float32, copy=False)
-  warped = np.stack([
-      ndimage.affine_transform(image[..., c], matrix, offset=offset, output_shape=out_shape,
-                               order=1, mode="nearest", prefilter=False)
-      for c in range(image.shape[-1])], axis=-1)
+  warped = np.stack(
+    [
+      ndimage.affine_transform(
+        image[..., c],
+        matrix,
+        offset=offset,
+        output_shape=out_shape,
+        order=1,
+        mode="nearest",
+        prefilter=False,
+      )
+      for c in range(image.shape[-1])
+    ],
+    axis=-1,
+  )
   warped_mask = ndimage.affine_transform(
-      mask, matrix, offset=offset, output_shape=out_shape, order=0, mode="nearest",
-      prefilter=False)
+    mask, matrix, offset=offset, output_shape=out_shape, order=0, mode="nearest", prefilter=False
+  )
   # A pixel is outside when its centre maps beyond the input's outer pixel edges (not its
   # outer pixel centres, or upsampling would ignore a half-pixel border).
   grid = np.indices(out_shape, dtype=np.float64).reshape(len(out_shape), -1)
@@ -180,20 +201,36 @@ def warp_patch(image: np.ndarray, mask: np.ndarray, matrix, offset, patch_shape)
   if np.array_equal(matrix, np.eye(n)) and np.array_equal(offset, np.round(offset)):
     return _shifted_crop(image, mask, offset.astype(int), patch_shape)
   if image.size == 0:  # the footprint misses the input entirely
-    return (np.zeros((*patch_shape, image.shape[-1]), np.float32),
-            np.full(patch_shape, IGNORE_INDEX, np.uint8), np.zeros(patch_shape, bool))
+    return (
+      np.zeros((*patch_shape, image.shape[-1]), np.float32),
+      np.full(patch_shape, IGNORE_INDEX, np.uint8),
+      np.zeros(patch_shape, bool),
+    )
   image = image.astype(np.float32, copy=False)
-  warped = np.stack([
-      ndimage.affine_transform(image[..., c], matrix, offset=offset, output_shape=patch_shape,
-                               order=1, mode="nearest", prefilter=False)
-      for c in range(image.shape[-1])], axis=-1)
+  warped = np.stack(
+    [
+      ndimage.affine_transform(
+        image[..., c],
+        matrix,
+        offset=offset,
+        output_shape=patch_shape,
+        order=1,
+        mode="nearest",
+        prefilter=False,
+      )
+      for c in range(image.shape[-1])
+    ],
+    axis=-1,
+  )
   # "grid-constant" at order 0 counts a point as inside when it lies within the input's
   # outer pixel edges, the rule of warp().
-  common = dict(offset=offset, output_shape=patch_shape, order=0, mode="grid-constant",
-                prefilter=False)
+  common = dict(
+    offset=offset, output_shape=patch_shape, order=0, mode="grid-constant", prefilter=False
+  )
   warped_mask = ndimage.affine_transform(mask, matrix, cval=IGNORE_INDEX, **common)
-  inside = ndimage.affine_transform(np.ones(mask.shape, np.uint8), matrix, cval=0,
-                                    **common).astype(bool)
+  inside = ndimage.affine_transform(np.ones(mask.shape, np.uint8), matrix, cval=0, **common).astype(
+    bool
+  )
   return warped, warped_mask, inside
 
 

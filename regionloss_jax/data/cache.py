@@ -35,7 +35,8 @@ def folder_fingerprint(files: Iterable[pathlib.Path], root: pathlib.Path) -> lis
 def cache_key(*, source: str | os.PathLike, options: dict, fingerprint: list) -> str:
   """A short stable hash of the source path, the preparation options and the fingerprint."""
   payload = json.dumps(
-      {"source": str(pathlib.Path(source).resolve()), "options": options,
-       "files": fingerprint},
-      sort_keys=True, default=str)
+    {"source": str(pathlib.Path(source).resolve()), "options": options, "files": fingerprint},
+    sort_keys=True,
+    default=str,
+  )
   return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -43,10 +43,25 @@ ATLAS_NAMES = "aal.nii.txt"
 DEBIAN_TEMPLATES = "/usr/share/mricron/templates"
 
 # Class ids in this order; cortex is every cerebral AAL label not named below.
-STRUCTURES = ("background", "cortex", "cerebellum", "thalamus", "putamen", "caudate",
-              "hippocampus", "pallidum", "amygdala")
-_DEEP = {"Thalamus": "thalamus", "Putamen": "putamen", "Caudate": "caudate",
-         "Hippocampus": "hippocampus", "Pallidum": "pallidum", "Amygdala": "amygdala"}
+STRUCTURES = (
+  "background",
+  "cortex",
+  "cerebellum",
+  "thalamus",
+  "putamen",
+  "caudate",
+  "hippocampus",
+  "pallidum",
+  "amygdala",
+)
+_DEEP = {
+  "Thalamus": "thalamus",
+  "Putamen": "putamen",
+  "Caudate": "caudate",
+  "Hippocampus": "hippocampus",
+  "Pallidum": "pallidum",
+  "Amygdala": "amygdala",
+}
 _CEREBELLAR_PREFIXES = ("Cerebelum", "Cerebellum", "Vermis")  # AAL spells it "Cerebelum"
 
 SPLITS = ("train", "validation", "test")
@@ -68,8 +83,9 @@ def read_label_names(path) -> dict[int, str]:
     if not fields:
       continue
     if len(fields) < 2 or not fields[0].isdigit() or int(fields[0]) == 0:
-      raise ValueError(f"{path}, line {number}: expected '<label id> <name> [<code>]', "
-                       f"got {line!r}")
+      raise ValueError(
+        f"{path}, line {number}: expected '<label id> <name> [<code>]', got {line!r}"
+      )
     names[int(fields[0])] = fields[1]
   if not names:
     raise ValueError(f"{path}: no labels")
@@ -100,16 +116,19 @@ def group_labels(atlas: np.ndarray, names: dict[int, str]) -> np.ndarray:
   values = np.unique(atlas)
   unknown = [int(v) for v in values if v != 0 and int(v) not in names]
   if unknown or values.min() < 0:
-    raise ValueError(f"atlas values {unknown or [int(values.min())]} are not in the label "
-                     f"file ({len(names)} labels, ids {min(names)}-{max(names)})")
+    raise ValueError(
+      f"atlas values {unknown or [int(values.min())]} are not in the label "
+      f"file ({len(names)} labels, ids {min(names)}-{max(names)})"
+    )
   table = np.zeros(max(int(values.max()), max(names)) + 1, np.uint8)
   for label, name in names.items():
     table[label] = STRUCTURES.index(structure_of(name))
   return table[atlas]
 
 
-def slice_splits(num_slices: int, *, slab: int, gap: int, pattern=DEFAULT_PATTERN,
-                 offset: int = 0) -> np.ndarray:
+def slice_splits(
+  num_slices: int, *, slab: int, gap: int, pattern=DEFAULT_PATTERN, offset: int = 0
+) -> np.ndarray:
   """Split index (into :data:`SPLITS`, or :data:`DROPPED`) of each of ``num_slices`` slices.
 
   Slice ``i`` lies in slab ``k = (i + offset) // slab``, which goes to ``pattern[k %
@@ -121,11 +140,13 @@ def slice_splits(num_slices: int, *, slab: int, gap: int, pattern=DEFAULT_PATTER
   bad = [p for p in pattern if p not in SPLITS]
   if bad or not pattern:
     raise ValueError(f"pattern entries must be among {SPLITS}, got {tuple(pattern)}")
-  codes = np.array([SPLITS.index(pattern[((i + offset) // slab) % len(pattern)])
-                    for i in range(num_slices)], np.int64)
+  codes = np.array(
+    [SPLITS.index(pattern[((i + offset) // slab) % len(pattern)]) for i in range(num_slices)],
+    np.int64,
+  )
   out = codes.copy()
   for i in range(num_slices):
-    near = codes[max(0, i - gap):i + gap + 1]
+    near = codes[max(0, i - gap) : i + gap + 1]
     if near.max() > codes[i]:  # a later split (validation > train, test > validation) nearby
       out[i] = DROPPED
   return out
@@ -169,8 +190,17 @@ def best_offset(pixels: np.ndarray, *, slab: int, gap: int, pattern=DEFAULT_PATT
   return max(range(slab * len(pattern)), key=lambda o: (balance(o), -o))
 
 
-def build(templates, out, *, axis: int = 0, slab: int = 4, gap: int = 2,
-          pattern=DEFAULT_PATTERN, offset: int | None = None, dims=(2, 3)) -> dict:
+def build(
+  templates,
+  out,
+  *,
+  axis: int = 0,
+  slab: int = 4,
+  gap: int = 2,
+  pattern=DEFAULT_PATTERN,
+  offset: int | None = None,
+  dims=(2, 3),
+) -> dict:
   """Write the 2-D and/or 3-D datasets under ``out``; returns ``dataset.json``'s content.
 
   Args:
@@ -190,34 +220,45 @@ def build(templates, out, *, axis: int = 0, slab: int = 4, gap: int = 2,
   from PIL import Image  # noqa: PLC0415
 
   templates, out = pathlib.Path(templates), pathlib.Path(out)
-  missing = [str(templates / f) for f in (TEMPLATE, ATLAS, ATLAS_NAMES)
-             if not (templates / f).is_file()]
+  missing = [
+    str(templates / f) for f in (TEMPLATE, ATLAS, ATLAS_NAMES) if not (templates / f).is_file()
+  ]
   if missing:
-    raise FileNotFoundError(f"missing {', '.join(missing)} (Debian: apt-get install "
-                            f"mricron-data puts them in {DEBIAN_TEMPLATES})")
+    raise FileNotFoundError(
+      f"missing {', '.join(missing)} (Debian: apt-get install "
+      f"mricron-data puts them in {DEBIAN_TEMPLATES})"
+    )
   if out.exists():
     raise FileExistsError(f"{out} exists; choose a new --out (nothing was written)")
   if axis not in (0, 1, 2) or not set(dims) <= {2, 3} or not dims:
-    raise ValueError(f"axis must be 0, 1 or 2 and dims among (2, 3), got axis={axis}, "
-                     f"dims={tuple(dims)}")
+    raise ValueError(
+      f"axis must be 0, 1 or 2 and dims among (2, 3), got axis={axis}, dims={tuple(dims)}"
+    )
   t1_file, atlas_file = nib.load(templates / TEMPLATE), nib.load(templates / ATLAS)
   t1 = np.asarray(t1_file.dataobj, np.float32)
   if t1.shape != atlas_file.shape or not np.allclose(t1_file.affine, atlas_file.affine):
-    raise ValueError(f"{templates / TEMPLATE} ({t1.shape}) and {templates / ATLAS} "
-                     f"({atlas_file.shape}) are not on the same grid")
-  labels = group_labels(np.asarray(atlas_file.dataobj), read_label_names(
-      templates / ATLAS_NAMES))
+    raise ValueError(
+      f"{templates / TEMPLATE} ({t1.shape}) and {templates / ATLAS} "
+      f"({atlas_file.shape}) are not on the same grid"
+    )
+  labels = group_labels(np.asarray(atlas_file.dataobj), read_label_names(templates / ATLAS_NAMES))
   brain = (t1 > 0) | (labels > 0)
   other = tuple(a for a in range(3) if a != axis)
   occupied = np.flatnonzero(brain.any(axis=other))
   first, last = int(occupied[0]), int(occupied[-1])
   if offset is None:
-    per_slice = np.stack([(np.moveaxis(labels, axis, 0)[first:last + 1] == k).sum((1, 2))
-                          for k in range(len(STRUCTURES))], axis=1)
+    per_slice = np.stack(
+      [
+        (np.moveaxis(labels, axis, 0)[first : last + 1] == k).sum((1, 2))
+        for k in range(len(STRUCTURES))
+      ],
+      axis=1,
+    )
     offset = best_offset(per_slice, slab=slab, gap=gap, pattern=pattern)
   splits = np.full(t1.shape[axis], DROPPED)
-  splits[first:last + 1] = slice_splits(last - first + 1, slab=slab, gap=gap, pattern=pattern,
-                                        offset=offset)
+  splits[first : last + 1] = slice_splits(
+    last - first + 1, slab=slab, gap=gap, pattern=pattern, offset=offset
+  )
   image_u8 = _scale_to_uint8(t1, brain)
 
   pixels = {s: np.zeros(len(STRUCTURES), np.int64) for s in SPLITS}
@@ -225,22 +266,31 @@ def build(templates, out, *, axis: int = 0, slab: int = 4, gap: int = 2,
   for index in np.flatnonzero(splits >= 0):
     split = SPLITS[splits[index]]
     slices[split].append(int(index))
-    pixels[split] += np.bincount(np.take(labels, index, axis=axis).ravel(),
-                                 minlength=len(STRUCTURES))
+    pixels[split] += np.bincount(
+      np.take(labels, index, axis=axis).ravel(), minlength=len(STRUCTURES)
+    )
   empty = [s for s in SPLITS if not slices[s]]
   if empty:
-    raise ValueError(f"no slices in {', '.join(empty)}: slab={slab} with pattern "
-                     f"{tuple(pattern)} is too coarse for {last - first + 1} slices")
+    raise ValueError(
+      f"no slices in {', '.join(empty)}: slab={slab} with pattern "
+      f"{tuple(pattern)} is too coarse for {last - first + 1} slices"
+    )
   name = AXIS_NAMES[axis]
   record = {
-      "source": {"template": str(templates / TEMPLATE), "atlas": str(templates / ATLAS)},
-      "class_names": list(STRUCTURES), "num_classes": len(STRUCTURES),
-      "axis": name, "slab": slab, "gap": gap, "pattern": list(pattern),
-      "offset": offset, "first_slice": first,
-      "slices": slices,
-      "pixels": {s: dict(zip(STRUCTURES, p.tolist(), strict=True)) for s, p in pixels.items()},
-      "missing": {s: [c for c, n in zip(STRUCTURES, p, strict=True) if n == 0]
-                  for s, p in pixels.items()},
+    "source": {"template": str(templates / TEMPLATE), "atlas": str(templates / ATLAS)},
+    "class_names": list(STRUCTURES),
+    "num_classes": len(STRUCTURES),
+    "axis": name,
+    "slab": slab,
+    "gap": gap,
+    "pattern": list(pattern),
+    "offset": offset,
+    "first_slice": first,
+    "slices": slices,
+    "pixels": {s: dict(zip(STRUCTURES, p.tolist(), strict=True)) for s, p in pixels.items()},
+    "missing": {
+      s: [c for c, n in zip(STRUCTURES, p, strict=True) if n == 0] for s, p in pixels.items()
+    },
   }
 
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -256,9 +306,11 @@ def build(templates, out, *, axis: int = 0, slab: int = 4, gap: int = 2,
         for index in slices[split]:
           stem = f"colin27_{name}{index:03d}"
           Image.fromarray(_slice(image_u8, axis, index), mode="L").save(
-              folder / "images" / f"{stem}.png")
+            folder / "images" / f"{stem}.png"
+          )
           Image.fromarray(_slice(labels, axis, index), mode="L").save(
-              folder / "masks" / f"{stem}.png")
+            folder / "masks" / f"{stem}.png"
+          )
     if 3 in dims:
       for start, stop, code in _runs(splits):
         folder = staging / "3d" / SPLIT_DIRS[SPLITS[code]]
@@ -268,10 +320,13 @@ def build(templates, out, *, axis: int = 0, slab: int = 4, gap: int = 2,
         affine = t1_file.affine @ shift  # voxel (0, 0, 0) of the run is voxel `start`
         region = [slice(None)] * 3
         region[axis] = slice(start, stop)
-        nib.save(nib.Nifti1Image(np.asarray(t1_file.dataobj)[tuple(region)], affine),
-                 folder / "images" / f"{stem}.nii.gz")
-        nib.save(nib.Nifti1Image(labels[tuple(region)], affine),
-                 folder / "masks" / f"{stem}.nii.gz")
+        nib.save(
+          nib.Nifti1Image(np.asarray(t1_file.dataobj)[tuple(region)], affine),
+          folder / "images" / f"{stem}.nii.gz",
+        )
+        nib.save(
+          nib.Nifti1Image(labels[tuple(region)], affine), folder / "masks" / f"{stem}.nii.gz"
+        )
     (staging / "dataset.json").write_text(json.dumps(record, indent=1))
     os.replace(staging, out)
   except BaseException:
@@ -292,28 +347,41 @@ def _runs(splits: np.ndarray):
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(
-      prog="python -m regionloss_jax.data.colin27",
-      description="Colin27 brain structures from AAL as 2-D slice and 3-D slab datasets.")
-  parser.add_argument("--templates", default=DEBIAN_TEMPLATES,
-                      help="folder with ch2bet.nii.gz, aal.nii.gz, aal.nii.txt")
+    prog="python -m regionloss_jax.data.colin27",
+    description="Colin27 brain structures from AAL as 2-D slice and 3-D slab datasets.",
+  )
+  parser.add_argument(
+    "--templates",
+    default=DEBIAN_TEMPLATES,
+    help="folder with ch2bet.nii.gz, aal.nii.gz, aal.nii.txt",
+  )
   parser.add_argument("--out", required=True, help="new output folder")
-  parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
-                      help="slice axis: 0 sagittal, 1 coronal, 2 axial")
+  parser.add_argument(
+    "--axis",
+    type=int,
+    default=0,
+    choices=(0, 1, 2),
+    help="slice axis: 0 sagittal, 1 coronal, 2 axial",
+  )
   parser.add_argument("--slab", type=int, default=4, help="slices per slab")
-  parser.add_argument("--gap", type=int, default=2,
-                      help="guard slices between training and evaluated slabs")
+  parser.add_argument(
+    "--gap", type=int, default=2, help="guard slices between training and evaluated slabs"
+  )
   args = parser.parse_args(argv)
   try:
     record = build(args.templates, args.out, axis=args.axis, slab=args.slab, gap=args.gap)
   except (OSError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
   for split in SPLITS:
-    print(f"{split:<11}{len(record['slices'][split]):>4} slices"
-          + (f"; without {', '.join(record['missing'][split])}"
-             if record["missing"][split] else ""))
+    print(
+      f"{split:<11}{len(record['slices'][split]):>4} slices"
+      + (f"; without {', '.join(record['missing'][split])}" if record["missing"][split] else "")
+    )
   names = ",".join(record["class_names"])
-  print(f"wrote {args.out}; train with --config=train/configs/colin27.py "
-        f"--config.data.dir={pathlib.Path(args.out) / '2d'}  (classes: {names})")
+  print(
+    f"wrote {args.out}; train with --config=train/configs/colin27.py "
+    f"--config.data.dir={pathlib.Path(args.out) / '2d'}  (classes: {names})"
+  )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def read_mask(path) -> np.ndarray:
     array = np.asarray(im)
   if array.ndim == 3:
     if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[-1])):
-      raise ValueError(f"colour mask with {array.shape[-1]} differing channels; masks must hold "
-                       "class ids in a single channel")
+      raise ValueError(
+        f"colour mask with {array.shape[-1]} differing channels; masks must hold "
+        "class ids in a single channel"
+      )
     array = array[..., 0]
   return array
 

@@ -71,8 +71,10 @@ def check_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
         problems.append(f"{mask_path}: unreadable or corrupt mask ({type(e).__name__}: {e})")
         continue
       if image_size is not None and image_size != (mask.shape[1], mask.shape[0]):
-        problems.append(f"{image_path} is {image_size[0]}x{image_size[1]} but its mask "
-                        f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height)")
+        problems.append(
+          f"{image_path} is {image_size[0]}x{image_size[1]} but its mask "
+          f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height)"
+        )
       values = np.unique(mask)
       message = pairing.value_problem(mask_path, values, lookup)
       if message:
@@ -101,9 +103,10 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   name = "segmentation_folder"
   VERSION = tfds.core.Version("2.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version.",
-                   "2.0.0": "Native sizes, grey-scale and 16-bit images, original_shape and "
-                            "class locations."}
+  RELEASE_NOTES = {
+    "1.0.0": "First version.",
+    "2.0.0": "Native sizes, grey-scale and 16-bit images, original_shape and class locations.",
+  }
 
   def __init__(self, *, config: FolderConfig, data_dir, **kwargs):
     super().__init__(config=config, data_dir=str(data_dir), file_format="array_record", **kwargs)
@@ -116,24 +119,30 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     # Several unknown dimensions need the bytes encoding, which also stores each shape.
     encoding = "bytes" if prep.size is None else "none"
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(h, w, prep.channels), dtype=dtype,
-                                          encoding=encoding),
-            "segmentation_mask": tfds.features.Tensor(shape=(h, w, 1), dtype=np.uint8,
-                                                      encoding=encoding),
-            "file_name": tfds.features.Text(),
-            "original_shape": tfds.features.Tensor(shape=(2,), dtype=np.int32),
-            "locations": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
-            "location_classes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-        }),
-        metadata=tfds.core.MetadataDict(class_names=list(config.class_names)),
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(
+            shape=(h, w, prep.channels), dtype=dtype, encoding=encoding
+          ),
+          "segmentation_mask": tfds.features.Tensor(
+            shape=(h, w, 1), dtype=np.uint8, encoding=encoding
+          ),
+          "file_name": tfds.features.Text(),
+          "original_shape": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+          "locations": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+          "location_classes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(class_names=list(config.class_names)),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(pairs)
-            for split, pairs in pairing.tfds_splits(self.builder_config.pairs).items()}
+    return {
+      split: self._generate_examples(pairs)
+      for split, pairs in pairing.tfds_splits(self.builder_config.pairs).items()
+    }
 
   def _generate_examples(self, pairs):
     config = self.builder_config
@@ -144,18 +153,32 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True
       if config.preprocessing.size is not None:
         mask = preprocess.resize_mask(mask, config.preprocessing.size)
       coords, classes = patches.class_locations(mask, len(config.class_names))
-      yield str(image_path), {"image": image, "segmentation_mask": mask[..., None],
-                              "file_name": pathlib.Path(image_path).name,
-                              "original_shape": original_shape, "locations": coords,
-                              "location_classes": classes}
+      yield (
+        str(image_path),
+        {
+          "image": image,
+          "segmentation_mask": mask[..., None],
+          "file_name": pathlib.Path(image_path).name,
+          "original_shape": original_shape,
+          "locations": coords,
+          "location_classes": classes,
+        },
+      )
 
 
-def load_folder(root, *, split: str = "train", num_classes: int,
-                class_names: tuple[str, ...] | None = None,
-                image_size: tuple[int, int] | None = (128, 128),
-                value_map: dict[int, int] | None = None, val_fraction: float = 0.1,
-                test_fraction: float = 0.1, split_seed: int = 0,
-                cache_dir=None) -> SegmentationData:
+def load_folder(
+  root,
+  *,
+  split: str = "train",
+  num_classes: int,
+  class_names: tuple[str, ...] | None = None,
+  image_size: tuple[int, int] | None = (128, 128),
+  value_map: dict[int, int] | None = None,
+  val_fraction: float = 0.1,
+  test_fraction: float = 0.1,
+  split_seed: int = 0,
+  cache_dir=None,
+) -> SegmentationData:
   """Check and prepare (once per folder content and options) an image folder; open a split.
 
   Args:
@@ -183,35 +206,54 @@ def load_folder(root, *, split: str = "train", num_classes: int,
   image_size = None if not image_size else tuple(int(s) for s in image_size)
   images = [p for p in pairing.list_files(root) if p.parent.name == "images" and image_stem(p)]
   channels, bit_depth = image_format(images)
-  prep = preprocess.Preprocessing(spatial_dims=2, channels=channels, mean=(MEAN,) * channels,
-                                  std=(STD,) * channels, bit_depth=bit_depth, size=image_size,
-                                  resampler="pil")
-  options = dict(preprocessing=prep.to_dict(), lookup=sorted(lookup.items()),
-                 class_names=class_names, val_fraction=val_fraction,
-                 test_fraction=test_fraction, split_seed=split_seed,
-                 version=str(SegmentationFolder.VERSION))
+  prep = preprocess.Preprocessing(
+    spatial_dims=2,
+    channels=channels,
+    mean=(MEAN,) * channels,
+    std=(STD,) * channels,
+    bit_depth=bit_depth,
+    size=image_size,
+    resampler="pil",
+  )
+  options = dict(
+    preprocessing=prep.to_dict(),
+    lookup=sorted(lookup.items()),
+    class_names=class_names,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
+    split_seed=split_seed,
+    version=str(SegmentationFolder.VERSION),
+  )
 
   def check():
     pairs, problems = pairing.find_pairs(root, stem=image_stem)
     if problems:
       raise DataError(problems, root=str(root))
     check_pairs(pairs, lookup, root=root)
-    return pairing.carve_splits(pairs, val_fraction=val_fraction, test_fraction=test_fraction,
-                                seed=split_seed)
+    return pairing.carve_splits(
+      pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
+    )
 
   def make_builder(data_dir, pairs):
-    config = FolderConfig(name="default", pairs=pairs or {}, preprocessing=prep,
-                          lookup=lookup, class_names=class_names)
+    config = FolderConfig(
+      name="default", pairs=pairs or {}, preprocessing=prep, lookup=lookup, class_names=class_names
+    )
     return SegmentationFolder(config=config, data_dir=data_dir)
 
-  builder = pairing.prepare_cached(kind="folder", root=root, options=options,
-                                   cache_dir=cache_dir, check=check, make_builder=make_builder)
+  builder = pairing.prepare_cached(
+    kind="folder",
+    root=root,
+    options=options,
+    cache_dir=cache_dir,
+    check=check,
+    make_builder=make_builder,
+  )
   return SegmentationData(
-      source=builder.as_data_source(pairing.split_name(split)),
-      class_names=class_names,
-      spatial_shape=image_size,
-      mean=prep.mean,
-      std=prep.std,
-      info=builder.info,
-      preprocessing=prep,
+    source=builder.as_data_source(pairing.split_name(split)),
+    class_names=class_names,
+    spatial_shape=image_size,
+    mean=prep.mean,
+    std=prep.std,
+    info=builder.info,
+    preprocessing=prep,
   )

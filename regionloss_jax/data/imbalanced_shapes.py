@@ -32,8 +32,8 @@ from regionloss_jax.data.source import SegmentationData
 
 TASKS = ("binary", "multiclass")
 CLASS_NAMES = {
-    "binary": ("background", "lesion"),
-    "multiclass": ("background", "organ", "cyst", "vessel", "nodule"),
+  "binary": ("background", "lesion"),
+  "multiclass": ("background", "organ", "cyst", "vessel", "nodule"),
 }
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_SIZES = (2000, 200, 200)
@@ -71,7 +71,7 @@ def _blob(rng, size, area, *, irregularity, centre=None, aspect=None):
   out = np.zeros((size, size), bool)
   if np.any(hi <= lo):
     return out
-  yy, xx = np.mgrid[lo[0]:hi[0], lo[1]:hi[1]].astype(np.float64)
+  yy, xx = np.mgrid[lo[0] : hi[0], lo[1] : hi[1]].astype(np.float64)
   dy, dx = yy - centre[0], xx - centre[1]
   c, s = math.cos(angle), math.sin(angle)
   u, v = c * dx + s * dy, -s * dx + c * dy
@@ -79,9 +79,13 @@ def _blob(rng, size, area, *, irregularity, centre=None, aspect=None):
   rho = np.hypot(u / radius_a, v / radius_b)
   wobble = np.ones_like(theta)
   for k in range(2, 6):
-    wobble += irregularity / (k - 1) * rng.uniform(0.3, 1.0) * np.cos(
-        k * theta + rng.uniform(0, 2 * math.pi))
-  out[lo[0]:hi[0], lo[1]:hi[1]] = rho <= wobble
+    wobble += (
+      irregularity
+      / (k - 1)
+      * rng.uniform(0.3, 1.0)
+      * np.cos(k * theta + rng.uniform(0, 2 * math.pi))
+    )
+  out[lo[0] : hi[0], lo[1] : hi[1]] = rho <= wobble
   return out
 
 
@@ -108,7 +112,8 @@ def _background(rng, size):
   """Float ``(size, size, 3)`` textured background in about ``[0, 1]``, random tint."""
   base = rng.uniform(0.3, 0.55)
   texture = 0.08 * _smooth_noise(rng, (size, size), size / 12) + 0.04 * _smooth_noise(
-      rng, (size, size), 1.5)
+    rng, (size, size), 1.5
+  )
   tint = rng.uniform(-0.08, 0.08, 3)
   return base + texture[..., None] + tint
 
@@ -147,10 +152,10 @@ def render_binary(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
 # lesions and vessels do in real images: a model can learn every class in a few minutes, and
 # a loss that still misses them is biased, not blind.
 _MULTICLASS_STYLE = {
-    "organ": (0.85, (0.45, 0.7)),
-    "cyst": (0.6, (0.08, 0.28)),
-    "vessel": (0.6, (0.85, 1.05)),
-    "nodule": (0.5, (0.9, 1.1)),
+  "organ": (0.85, (0.45, 0.7)),
+  "cyst": (0.6, (0.08, 0.28)),
+  "vessel": (0.6, (0.85, 1.05)),
+  "nodule": (0.5, (0.9, 1.1)),
 }
 
 
@@ -228,8 +233,9 @@ class ImbalancedShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-def shapes_config(task: str, *, image_size: int = DEFAULT_IMAGE_SIZE,
-                  split_sizes=DEFAULT_SPLIT_SIZES, seed: int = 0) -> ImbalancedShapesConfig:
+def shapes_config(
+  task: str, *, image_size: int = DEFAULT_IMAGE_SIZE, split_sizes=DEFAULT_SPLIT_SIZES, seed: int = 0
+) -> ImbalancedShapesConfig:
   """A config named after its options (the plain task name for the defaults)."""
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -237,14 +243,20 @@ def shapes_config(task: str, *, image_size: int = DEFAULT_IMAGE_SIZE,
     raise ValueError(f"image_size must be at least 16, got {image_size}")
   split_sizes = tuple(int(n) for n in split_sizes)
   if len(split_sizes) != 3 or min(split_sizes) < 1:
-    raise ValueError(f"split_sizes must be 3 positive counts (train, validation, test), "
-                     f"got {split_sizes}")
+    raise ValueError(
+      f"split_sizes must be 3 positive counts (train, validation, test), got {split_sizes}"
+    )
   name = task
   if (image_size, split_sizes, seed) != (DEFAULT_IMAGE_SIZE, DEFAULT_SPLIT_SIZES, 0):
     name = f"{task}_{image_size}px_{'-'.join(map(str, split_sizes))}_seed{seed}"
-  return ImbalancedShapesConfig(name=name, task=task, image_size=image_size,
-                                split_sizes=split_sizes, seed=seed,
-                                description=f"{task}, {image_size}x{image_size} RGB")
+  return ImbalancedShapesConfig(
+    name=name,
+    task=task,
+    image_size=image_size,
+    split_sizes=split_sizes,
+    seed=seed,
+    description=f"{task}, {image_size}x{image_size} RGB",
+  )
 
 
 class ImbalancedShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -259,9 +271,11 @@ class ImbalancedShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = "imbalanced_shapes"
   VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "First version.",
-                   "1.1.0": "multiclass: cysts darker, vessels and nodules brighter than "
-                            "their surroundings, so every class is learnable."}
+  RELEASE_NOTES = {
+    "1.0.0": "First version.",
+    "1.1.0": "multiclass: cysts darker, vessels and nodules brighter than "
+    "their surroundings, so every class is learnable.",
+  }
   BUILDER_CONFIGS = [shapes_config("binary"), shapes_config("multiclass")]
 
   def __init__(self, **kwargs):
@@ -271,33 +285,42 @@ class ImbalancedShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     size = self.builder_config.image_size
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
-            "segmentation_mask": tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
-        }),
-        metadata=tfds.core.MetadataDict(
-            class_names=list(CLASS_NAMES[self.builder_config.task])),
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8),
+          "segmentation_mask": tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES[self.builder_config.task])),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
-    return {split: self._generate_examples(split=split, count=count)
-            for split, count in zip(SPLITS, self.builder_config.split_sizes)}
+    return {
+      split: self._generate_examples(split=split, count=count)
+      for split, count in zip(SPLITS, self.builder_config.split_sizes, strict=True)
+    }
 
   def _generate_examples(self, *, split, count):
     config = self.builder_config
     for index in range(count):
-      image, mask = render(config.task, seed=config.seed, split=split, index=index,
-                           image_size=config.image_size)
+      image, mask = render(
+        config.task, seed=config.seed, split=split, index=index, image_size=config.image_size
+      )
       yield index, {"image": image, "segmentation_mask": mask[..., None]}
 
 
-def load_imbalanced_shapes(task: str = "binary", *, split: str = "train",
-                           image_size: int = DEFAULT_IMAGE_SIZE,
-                           split_sizes=DEFAULT_SPLIT_SIZES, seed: int = 0,
-                           cache_dir=None) -> SegmentationData:
+def load_imbalanced_shapes(
+  task: str = "binary",
+  *,
+  split: str = "train",
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  split_sizes=DEFAULT_SPLIT_SIZES,
+  seed: int = 0,
+  cache_dir=None,
+) -> SegmentationData:
   """Prepare (once) and open a split of ``imbalanced_shapes``.
 
   Args:
@@ -322,11 +345,12 @@ def load_imbalanced_shapes(task: str = "binary", *, split: str = "train",
   size = (image_size, image_size)
   mean, std = SegmentationData.mean, SegmentationData.std
   return SegmentationData(
-      source=builder.as_data_source(split),
-      class_names=tuple(builder.info.metadata["class_names"]),
-      spatial_shape=size,
-      info=builder.info,
-      # A new image of another size is resized to the generated size, as the pipeline does.
-      preprocessing=preprocess.Preprocessing(spatial_dims=2, channels=3, mean=mean, std=std,
-                                             size=size, resampler="affine"),
+    source=builder.as_data_source(split),
+    class_names=tuple(builder.info.metadata["class_names"]),
+    spatial_shape=size,
+    info=builder.info,
+    # A new image of another size is resized to the generated size, as the pipeline does.
+    preprocessing=preprocess.Preprocessing(
+      spatial_dims=2, channels=3, mean=mean, std=std, size=size, resampler="affine"
+    ),
   )

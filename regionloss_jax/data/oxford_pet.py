@@ -82,22 +82,30 @@ def tf_free_builder(**kwargs) -> tfds.core.DatasetBuilder:
             head_bbox = module._get_head_bbox(os.path.join(xmls, stem + ".xml"))
           except FileNotFoundError:  # Test images have no head box.
             head_bbox = module._EMPTY_BBOX
-          yield stem + ".jpg", {
+          yield (
+            stem + ".jpg",
+            {
               "image": io.BytesIO(data),
               "label": int(label) - 1,
               "species": int(species) - 1,
               "file_name": stem + ".jpg",
               "segmentation_mask": os.path.join(trimaps, stem + ".png"),
               "head_bbox": head_bbox,
-          }
+            },
+          )
 
   kwargs.setdefault("file_format", "array_record")
   return PetWithoutTF(**kwargs)
 
 
-def load_oxford_pet(*, split: str = "train", border: str = "class",
-                    image_size: tuple[int, int] | None = (128, 128), data_dir=None,
-                    download: bool = True) -> SegmentationData:
+def load_oxford_pet(
+  *,
+  split: str = "train",
+  border: str = "class",
+  image_size: tuple[int, int] | None = (128, 128),
+  data_dir=None,
+  download: bool = True,
+) -> SegmentationData:
   """Open a split of Oxford-IIIT Pet as pet / background (/ border) segmentation.
 
   Args:
@@ -124,14 +132,19 @@ def load_oxford_pet(*, split: str = "train", border: str = "class",
   class_names = ("background", "pet", "border") if border == "class" else ("background", "pet")
   image_size = tuple(image_size) if image_size else None
   return SegmentationData(
-      source=builder.as_data_source(split),
-      class_names=class_names,
-      label_lut=lut,
-      spatial_shape=image_size,
+    source=builder.as_data_source(split),
+    class_names=class_names,
+    label_lut=lut,
+    spatial_shape=image_size,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    info=builder.info,
+    preprocessing=preprocess.Preprocessing(
+      spatial_dims=2,
+      channels=3,
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
-      info=builder.info,
-      preprocessing=preprocess.Preprocessing(spatial_dims=2, channels=3, mean=IMAGENET_MEAN,
-                                             std=IMAGENET_STD, size=image_size,
-                                             resampler="affine"),
+      size=image_size,
+      resampler="affine",
+    ),
   )

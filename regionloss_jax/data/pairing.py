@@ -24,8 +24,11 @@ SPLIT_DIRS = {"train": "train", "val": "validation", "test": "test"}
 
 def split_name(split: str) -> str:
   """``val`` is accepted for ``validation``; TFDS slices (``train[:10]``) pass through."""
-  return "validation" + split[3:] if split.startswith("val") and not split.startswith(
-      "validation") else split
+  return (
+    "validation" + split[3:]
+    if split.startswith("val") and not split.startswith("validation")
+    else split
+  )
 
 
 def list_files(root: pathlib.Path) -> list[pathlib.Path]:
@@ -54,8 +57,12 @@ def find_pairs(root: pathlib.Path, *, stem: Callable[[pathlib.Path], str | None]
   if not root.is_dir():
     raise DataError([f"{root}: no such folder"])
   if not (root / "train").is_dir():
-    raise DataError([f"{root / 'train'}: missing (the layout is root/{{train,val,test}}/"
-                     f"{{images,masks}}/*, train required)"])
+    raise DataError(
+      [
+        f"{root / 'train'}: missing (the layout is root/{{train,val,test}}/"
+        f"{{images,masks}}/*, train required)"
+      ]
+    )
   pairs = {}
   for split_dir, split in SPLIT_DIRS.items():
     if not (root / split_dir).is_dir():
@@ -79,11 +86,13 @@ def find_pairs(root: pathlib.Path, *, stem: Callable[[pathlib.Path], str | None]
           found[sub][key] = path
     images, masks = found["images"], found["masks"]
     for key in sorted(images.keys() - masks.keys()):
-      problems.append(f"{images[key]}: image without a mask (expected "
-                      f"{root / split_dir / 'masks' / key}.*)")
+      problems.append(
+        f"{images[key]}: image without a mask (expected {root / split_dir / 'masks' / key}.*)"
+      )
     for key in sorted(masks.keys() - images.keys()):
-      problems.append(f"{masks[key]}: mask without an image (expected "
-                      f"{root / split_dir / 'images' / key}.*)")
+      problems.append(
+        f"{masks[key]}: mask without an image (expected {root / split_dir / 'images' / key}.*)"
+      )
     pairs[split] = [(images[k], masks[k]) for k in sorted(images.keys() & masks.keys())]
   if not pairs.get("train") and not problems:
     problems.append(f"{root / 'train'}: no image/mask pairs")
@@ -93,19 +102,21 @@ def find_pairs(root: pathlib.Path, *, stem: Callable[[pathlib.Path], str | None]
 def carve_splits(pairs: dict, *, val_fraction: float, test_fraction: float, seed: int) -> dict:
   """Fill missing ``validation`` / ``test`` with a seeded random part of ``train``."""
   pairs = dict(pairs)
-  missing = [(s, f) for s, f in (("validation", val_fraction), ("test", test_fraction))
-             if s not in pairs]
+  missing = [
+    (s, f) for s, f in (("validation", val_fraction), ("test", test_fraction)) if s not in pairs
+  ]
   if not missing:
     return pairs
   train = pairs["train"]
   order = np.random.default_rng(seed).permutation(len(train))
   counts = [max(1, round(f * len(train))) for _, f in missing]
   if sum(counts) >= len(train):
-    raise DataError([f"train has {len(train)} pairs: too few to carve "
-                     f"{', '.join(s for s, _ in missing)} from it"])
+    raise DataError(
+      [f"train has {len(train)} pairs: too few to carve {', '.join(s for s, _ in missing)} from it"]
+    )
   start = 0
-  for (split, _), count in zip(missing, counts):
-    pairs[split] = sorted(train[i] for i in order[start:start + count])
+  for (split, _), count in zip(missing, counts, strict=True):
+    pairs[split] = sorted(train[i] for i in order[start : start + count])
     start += count
   pairs["train"] = sorted(train[i] for i in order[start:])
   return pairs
@@ -125,8 +136,10 @@ def value_lookup(num_classes: int, value_map: dict[int, int] | None) -> dict[int
     return {v: v for v in range(num_classes)}
   for raw, cls in value_map.items():
     if not (0 <= cls < num_classes or cls == IGNORE_INDEX):
-      raise ValueError(f"value_map[{raw}] = {cls} is not a class id in [0, {num_classes}) "
-                       f"nor the ignore index {IGNORE_INDEX}")
+      raise ValueError(
+        f"value_map[{raw}] = {cls} is not a class id in [0, {num_classes}) "
+        f"nor the ignore index {IGNORE_INDEX}"
+      )
   return {int(k): int(v) for k, v in value_map.items()}
 
 
@@ -137,10 +150,14 @@ def value_problem(path, values: np.ndarray, lookup: dict[int, int]) -> str | Non
     return None
   hint = ""
   if set(values.tolist()) <= {0, 255}:
-    hint = ("; binary masks stored as 0/255 need value_map={0: 0, 255: 1} (in a run "
-            "config: --config.data.value_map=\"((0,0),(255,1))\")")
-  return (f"{path}: mask values outside the declared classes: {bad} (found "
-          f"{sorted(values.tolist())}, allowed {sorted(lookup)}){hint}")
+    hint = (
+      "; binary masks stored as 0/255 need value_map={0: 0, 255: 1} (in a run "
+      'config: --config.data.value_map="((0,0),(255,1))")'
+    )
+  return (
+    f"{path}: mask values outside the declared classes: {bad} (found "
+    f"{sorted(values.tolist())}, allowed {sorted(lookup)}){hint}"
+  )
 
 
 def apply_lookup(mask: np.ndarray, lookup: dict[int, int]) -> np.ndarray:
@@ -157,8 +174,15 @@ def warn_background_only(split_foreground: dict[str, bool], root) -> None:
       warnings.warn(f"{root}: every mask of split {split!r} is background only", stacklevel=3)
 
 
-def prepare_cached(*, kind: str, root: pathlib.Path, options: dict, cache_dir,
-                   check: Callable[[], object], make_builder: Callable) -> object:
+def prepare_cached(
+  *,
+  kind: str,
+  root: pathlib.Path,
+  options: dict,
+  cache_dir,
+  check: Callable[[], object],
+  make_builder: Callable,
+) -> object:
   """Return a prepared builder, preparing it first if this folder+options is new.
 
   Args:
@@ -173,8 +197,9 @@ def prepare_cached(*, kind: str, root: pathlib.Path, options: dict, cache_dir,
   A failed preparation removes its directory: no partial dataset is left in the cache.
   """
   root = pathlib.Path(root).expanduser().resolve()
-  key = cache.cache_key(source=root, options=options,
-                        fingerprint=cache.folder_fingerprint(list_files(root), root))
+  key = cache.cache_key(
+    source=root, options=options, fingerprint=cache.folder_fingerprint(list_files(root), root)
+  )
   data_dir = cache.cache_dir(cache_dir) / kind / f"{root.name}-{key}"
   builder = make_builder(data_dir, None)
   if builder.is_prepared():

@@ -16,9 +16,9 @@ import numpy as np
 MAX_LOCATIONS_PER_CLASS = 10_000
 
 
-def class_locations(mask: np.ndarray, num_classes: int, *,
-                    max_per_class: int = MAX_LOCATIONS_PER_CLASS,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def class_locations(
+  mask: np.ndarray, num_classes: int, *, max_per_class: int = MAX_LOCATIONS_PER_CLASS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """A sample of the pixel coordinates of every foreground class present in ``mask``.
 
   Args:
@@ -46,8 +46,15 @@ def class_locations(mask: np.ndarray, num_classes: int, *,
   return np.concatenate(coords), np.concatenate(classes)
 
 
-def patch_centre(rng: np.random.Generator, shape, patch_size, *, coords: np.ndarray,
-                 classes: np.ndarray, foreground_fraction: float) -> np.ndarray:
+def patch_centre(
+  rng: np.random.Generator,
+  shape,
+  patch_size,
+  *,
+  coords: np.ndarray,
+  classes: np.ndarray,
+  foreground_fraction: float,
+) -> np.ndarray:
   """The pixel on which a training patch is centred.
 
   With probability ``foreground_fraction`` (and when the image holds any foreground): a

@@ -57,14 +57,24 @@ def _decoded(example: dict, data: SegmentationData, relabel: bool):
     # mask onto the image grid by nearest neighbour before anything else.
     zoom = [o / i for o, i in zip(image.shape[:-1], raw_mask.shape, strict=True)]
     from scipy import ndimage
+
     raw_mask = ndimage.zoom(raw_mask, zoom, order=0, grid_mode=True, mode="nearest")
   return image, (data.label_lut[raw_mask] if relabel else raw_mask)
 
 
-def preprocess_example(example: dict, rng: np.random.Generator | None, *, data: SegmentationData,
-                       spatial_shape, augment: Augment, mean: np.ndarray, std: np.ndarray,
-                       patch_size=None, foreground_fraction: float = 1 / 3,
-                       relabel: bool = True) -> dict:
+def preprocess_example(
+  example: dict,
+  rng: np.random.Generator | None,
+  *,
+  data: SegmentationData,
+  spatial_shape,
+  augment: Augment,
+  mean: np.ndarray,
+  std: np.ndarray,
+  patch_size=None,
+  foreground_fraction: float = 1 / 3,
+  relabel: bool = True,
+) -> dict:
   """One raw example to ``{"image": float32 (*spatial, C), "label": int32 (*spatial)}``.
 
   ``rng`` is ``None`` for deterministic preprocessing (resize to ``spatial_shape`` when it is
@@ -79,8 +89,9 @@ def preprocess_example(example: dict, rng: np.random.Generator | None, *, data: 
   resized = image.shape[:-1] != working
   if rng is None or patch_size is not None:
     if resized:
-      matrix, offset = sample_affine(np.random.default_rng(0), image.shape[:-1], working,
-                                     Augment.none())
+      matrix, offset = sample_affine(
+        np.random.default_rng(0), image.shape[:-1], working, Augment.none()
+      )
       image, mask = warp(image, mask, matrix, offset, working)
   if rng is None:
     image = image.astype(np.float32) / scale
@@ -95,8 +106,14 @@ def preprocess_example(example: dict, rng: np.random.Generator | None, *, data: 
     classes = np.asarray(example["location_classes"])
   else:
     coords, classes = patches.class_locations(mask, data.num_classes)
-  centre = patches.patch_centre(rng, mask.shape, patch_size, coords=coords, classes=classes,
-                                foreground_fraction=foreground_fraction)
+  centre = patches.patch_centre(
+    rng,
+    mask.shape,
+    patch_size,
+    coords=coords,
+    classes=classes,
+    foreground_fraction=foreground_fraction,
+  )
   matrix, offset = sample_patch_affine(rng, centre, patch_size, augment)
   image, mask, inside = warp_patch(image, mask, matrix, offset, patch_size)
   image = (jitter(image / scale, rng, augment) - mean) / std
@@ -116,23 +133,23 @@ def default_augment(spatial_dims: int) -> Augment:
 
 
 def make_pipeline(
-    data: SegmentationData,
-    *,
-    global_batch_size: int,
-    seed: int = 0,
-    train: bool = True,
-    spatial_shape: tuple[int, ...] | None = None,
-    patch_size: tuple[int, ...] | None = None,
-    foreground_fraction: float = 1 / 3,
-    augment: Augment | None = None,
-    num_epochs: int | None = None,
-    drop_remainder: bool = True,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    num_threads: int = 2,
-    prefetch_batches: int = 4,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
+  data: SegmentationData,
+  *,
+  global_batch_size: int,
+  seed: int = 0,
+  train: bool = True,
+  spatial_shape: tuple[int, ...] | None = None,
+  patch_size: tuple[int, ...] | None = None,
+  foreground_fraction: float = 1 / 3,
+  augment: Augment | None = None,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  num_threads: int = 2,
+  prefetch_batches: int = 4,
+  mean: tuple[float, ...] | None = None,
+  std: tuple[float, ...] | None = None,
 ) -> grain.IterDataset:
   """A grain dataset of batches; ``iter()`` it for an iterator with ``get_state``/``set_state``.
 
@@ -171,22 +188,28 @@ def make_pipeline(
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
   if global_batch_size < 1 or global_batch_size % shard_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                     f"the shard count {shard_count}")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must be a positive multiple of "
+      f"the shard count {shard_count}"
+    )
   batch_size = global_batch_size // shard_count
   spatial_shape = tuple(spatial_shape or data.spatial_shape or ())
   if patch_size is not None:
     patch_size = tuple(int(p) for p in patch_size)
     if not train:
-      raise ValueError("patch_size is for training; evaluate whole images with "
-                       "eval_examples() and regionloss_jax.inference.sliding_window")
+      raise ValueError(
+        "patch_size is for training; evaluate whole images with "
+        "eval_examples() and regionloss_jax.inference.sliding_window"
+      )
     if any(p < 1 for p in patch_size):
       raise ValueError(f"patch_size must be positive, got {patch_size}")
     if not 0.0 <= foreground_fraction <= 1.0:
       raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
   elif not spatial_shape:
-    raise ValueError("the examples of this dataset differ in size: pass spatial_shape=(H, W) "
-                     "to resize them, or patch_size to train on patches")
+    raise ValueError(
+      "the examples of this dataset differ in size: pass spatial_shape=(H, W) "
+      "to resize them, or patch_size to train on patches"
+    )
   per_shard = len(data) // shard_count
   if per_shard == 0:
     raise ValueError(f"dataset of {len(data)} examples cannot feed {shard_count} shards")
@@ -196,13 +219,20 @@ def make_pipeline(
     augment = default_augment(len(patch_size or spatial_shape))
   mean = np.asarray(data.mean if mean is None else mean, np.float32)
   std = np.asarray(data.std if std is None else std, np.float32)
-  options = dict(data=data, spatial_shape=spatial_shape or None, augment=augment, mean=mean,
-                 std=std, patch_size=patch_size, foreground_fraction=foreground_fraction,
-                 relabel=not _identity_lut(data))
+  options = dict(
+    data=data,
+    spatial_shape=spatial_shape or None,
+    augment=augment,
+    mean=mean,
+    std=std,
+    patch_size=patch_size,
+    foreground_fraction=foreground_fraction,
+    relabel=not _identity_lut(data),
+  )
 
   # Equal-length shards: process i reads examples i, i + n, i + 2n, ...
   ds = grain.MapDataset.source(data.source)
-  ds = ds[shard_index: per_shard * shard_count: shard_count]
+  ds = ds[shard_index : per_shard * shard_count : shard_count]
   if train:
     seed = shard_seed(seed, shard_index)
     ds = ds.shuffle(seed=seed).repeat(num_epochs)
@@ -219,10 +249,17 @@ def make_pipeline(
 GEOMETRY_KEYS = ("original_shape", "affine", "spacing")
 
 
-def eval_examples(data: SegmentationData, *, spatial_shape: tuple[int, ...] | None = None,
-                  shard_index: int = 0, shard_count: int = 1, num_threads: int = 2,
-                  prefetch: int = 4, mean: tuple[float, ...] | None = None,
-                  std: tuple[float, ...] | None = None) -> grain.IterDataset:
+def eval_examples(
+  data: SegmentationData,
+  *,
+  spatial_shape: tuple[int, ...] | None = None,
+  shard_index: int = 0,
+  shard_count: int = 1,
+  num_threads: int = 2,
+  prefetch: int = 4,
+  mean: tuple[float, ...] | None = None,
+  std: tuple[float, ...] | None = None,
+) -> grain.IterDataset:
   """Every example of this process's share of ``data``, in order, one at a time, for
   evaluation and prediction: unaugmented, normalised, at the working resolution
   (``spatial_shape``, else ``data.spatial_shape``, else each image's own size).
@@ -239,18 +276,25 @@ def eval_examples(data: SegmentationData, *, spatial_shape: tuple[int, ...] | No
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
   spatial_shape = tuple(spatial_shape or data.spatial_shape or ()) or None
-  options = dict(data=data, spatial_shape=spatial_shape, augment=Augment.none(),
-                 mean=np.asarray(data.mean if mean is None else mean, np.float32),
-                 std=np.asarray(data.std if std is None else std, np.float32),
-                 relabel=not _identity_lut(data))
+  options = dict(
+    data=data,
+    spatial_shape=spatial_shape,
+    augment=Augment.none(),
+    mean=np.asarray(data.mean if mean is None else mean, np.float32),
+    std=np.asarray(data.std if std is None else std, np.float32),
+    relabel=not _identity_lut(data),
+  )
 
   def prepare(index: int) -> dict:
     example = data.source[index]
     out = preprocess_example(example, None, **options)
     name = example.get("file_name")
     out["index"] = index
-    out["name"] = (name.decode() if isinstance(name, bytes) else str(name)) if name is not None \
-        else f"{index:05d}"
+    out["name"] = (
+      (name.decode() if isinstance(name, bytes) else str(name))
+      if name is not None
+      else f"{index:05d}"
+    )
     for key in GEOMETRY_KEYS:
       if key in example:
         out[key] = np.asarray(example[key])

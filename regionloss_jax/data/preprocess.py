@@ -76,8 +76,9 @@ class Preprocessing:
     if self.fit_mode not in FIT_MODES:
       raise ValueError(f"fit_mode must be one of {FIT_MODES}, got {self.fit_mode!r}")
     if len(self.mean) != self.channels or len(self.std) != self.channels:
-      raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel "
-                       f"({self.channels})")
+      raise ValueError(
+        f"mean {self.mean} and std {self.std} need one value per channel ({self.channels})"
+      )
     for name in ("size", "spacing"):
       value = getattr(self, name)
       if value is not None and len(value) != self.spatial_dims:
@@ -91,8 +92,10 @@ class Preprocessing:
   @classmethod
   def from_dict(cls, values: dict) -> Preprocessing:
     fields = {f.name for f in dataclasses.fields(cls)}
+
     def cast(value):
       return tuple(value) if isinstance(value, list) else value
+
     return cls(**{k: cast(v) for k, v in values.items() if k in fields})
 
 
@@ -142,17 +145,21 @@ def resize_image(image: np.ndarray, size: Sequence[int], *, resampler: str = "pi
   if image.shape[:2] == size:
     return image
   if resampler == "affine":
-    matrix, offset = sample_affine(np.random.default_rng(0), image.shape[:2], size,
-                                   Augment.none())
+    matrix, offset = sample_affine(np.random.default_rng(0), image.shape[:2], size, Augment.none())
     warped, _ = warp(image, np.zeros(image.shape[:2], np.uint8), matrix, offset, size)
     return warped
   h, w = size
   if image.dtype == np.uint8 and image.shape[-1] in (1, 3):
-    resized = np.asarray(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-                         .resize((w, h), Image.BILINEAR))
+    resized = np.asarray(
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).resize(
+        (w, h), Image.BILINEAR
+      )
+    )
     return resized.reshape(h, w, image.shape[-1])
-  channels = [np.asarray(Image.fromarray(image[..., c].astype(np.float32))
-                         .resize((w, h), Image.BILINEAR)) for c in range(image.shape[-1])]
+  channels = [
+    np.asarray(Image.fromarray(image[..., c].astype(np.float32)).resize((w, h), Image.BILINEAR))
+    for c in range(image.shape[-1])
+  ]
   out = np.stack(channels, axis=-1)
   if np.issubdtype(image.dtype, np.integer):
     info = np.iinfo(image.dtype)
@@ -183,21 +190,27 @@ def resample(array: np.ndarray, shape: Sequence[int], *, order: int) -> np.ndarr
   if array.ndim == n:
     return ndimage.zoom(array, zoom, order=order, mode="nearest", grid_mode=True)
   flat = array.reshape(*array.shape[:n], -1)
-  out = np.stack([ndimage.zoom(flat[..., c], zoom, order=order, mode="nearest", grid_mode=True)
-                  for c in range(flat.shape[-1])], axis=-1)
+  out = np.stack(
+    [
+      ndimage.zoom(flat[..., c], zoom, order=order, mode="nearest", grid_mode=True)
+      for c in range(flat.shape[-1])
+    ],
+    axis=-1,
+  )
   return out.reshape(*shape, *array.shape[n:])
 
 
-def fit_shape(array: np.ndarray, shape: Sequence[int], *, mode: str, order: int,
-              fill=0) -> np.ndarray:
+def fit_shape(
+  array: np.ndarray, shape: Sequence[int], *, mode: str, order: int, fill=0
+) -> np.ndarray:
   """The leading axes of ``array`` brought to ``shape``: resampled (``resize``) or centre
   cropped / padded with ``fill`` (``crop_or_pad``, its own inverse)."""
   shape = tuple(int(s) for s in shape)
-  if array.shape[:len(shape)] == shape:
+  if array.shape[: len(shape)] == shape:
     return array
   if mode == "resize":
     return resample(array, shape, order=order)
-  out = np.empty(shape + array.shape[len(shape):], array.dtype)
+  out = np.empty(shape + array.shape[len(shape) :], array.dtype)
   out[...] = fill
   src, dst = [], []
   for size, target in zip(array.shape, shape, strict=False):
@@ -213,27 +226,30 @@ def fit_shape(array: np.ndarray, shape: Sequence[int], *, mode: str, order: int,
   return out
 
 
-def spaced_shape(shape: Sequence[int], spacing: Sequence[float],
-                 target: Sequence[float]) -> tuple[int, ...]:
+def spaced_shape(
+  shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
+) -> tuple[int, ...]:
   """The grid a volume of ``shape`` voxels of ``spacing`` mm has at ``target`` mm."""
-  return tuple(max(1, int(round(n * s / t)))
-               for n, s, t in zip(shape, spacing, target, strict=True))
+  return tuple(
+    max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True)
+  )
 
 
-def grid_shapes(prep: Preprocessing, original_shape: Sequence[int],
-                spacing: Sequence[float] | None = None) -> list[tuple[int, ...]]:
+def grid_shapes(
+  prep: Preprocessing, original_shape: Sequence[int], spacing: Sequence[float] | None = None
+) -> list[tuple[int, ...]]:
   """The spatial shape after each step, from the file's own to the model's grid."""
   shapes = [tuple(int(s) for s in original_shape)]
   if prep.spacing is not None:
-    shapes.append(spaced_shape(shapes[-1], spacing or (1.0,) * prep.spatial_dims,
-                               prep.spacing))
+    shapes.append(spaced_shape(shapes[-1], spacing or (1.0,) * prep.spatial_dims, prep.spacing))
   if prep.size is not None:
     shapes.append(tuple(prep.size))
   return shapes
 
 
-def stored_input(prep: Preprocessing, array: np.ndarray,
-                 spacing: Sequence[float] | None = None) -> np.ndarray:
+def stored_input(
+  prep: Preprocessing, array: np.ndarray, spacing: Sequence[float] | None = None
+) -> np.ndarray:
   """A file's array (from :mod:`regionloss_jax.data.files`) on the model's grid, in the form
   a prepared dataset stores it: uint8 / uint16 ``(H, W, C)`` images, float32 ``(D, H, W)``
   volumes in ``[0, 1]``.
@@ -262,8 +278,9 @@ def stored_input(prep: Preprocessing, array: np.ndarray,
   return unit
 
 
-def model_input(prep: Preprocessing, array: np.ndarray,
-                spacing: Sequence[float] | None = None) -> np.ndarray:
+def model_input(
+  prep: Preprocessing, array: np.ndarray, spacing: Sequence[float] | None = None
+) -> np.ndarray:
   """A file's array as the model's float32 input ``(*spatial, channels)``: the stored form
   (:func:`stored_input`) scaled to ``[0, 1]`` and normalised per channel, as the input
   pipeline does with prepared examples."""
@@ -276,16 +293,22 @@ def model_input(prep: Preprocessing, array: np.ndarray,
   return ((unit - mean) / std).astype(np.float32)
 
 
-def to_original(prep: Preprocessing, probs: np.ndarray, original_shape: Sequence[int],
-                spacing: Sequence[float] | None = None) -> np.ndarray:
+def to_original(
+  prep: Preprocessing,
+  probs: np.ndarray,
+  original_shape: Sequence[int],
+  spacing: Sequence[float] | None = None,
+) -> np.ndarray:
   """Class probabilities ``(*model grid, K)`` taken back to the file's grid ``(*original,
   K)``, undoing :func:`model_input`'s geometry (linear resampling; cropped-away regions
   become background: probability 1 for class 0)."""
   shapes = grid_shapes(prep, original_shape, spacing)
   probs = np.asarray(probs, np.float32)
   if tuple(probs.shape[:-1]) != shapes[-1]:
-    raise ValueError(f"probabilities of spatial shape {probs.shape[:-1]} do not match the "
-                     f"model grid {shapes[-1]} of an input of shape {tuple(original_shape)}")
+    raise ValueError(
+      f"probabilities of spatial shape {probs.shape[:-1]} do not match the "
+      f"model grid {shapes[-1]} of an input of shape {tuple(original_shape)}"
+    )
   steps = list(zip(shapes[:-1], shapes[1:], strict=True))
   for index, (before, _) in reversed(list(enumerate(steps))):
     fitting = prep.size is not None and index == len(steps) - 1

@@ -52,6 +52,8 @@ class SegmentationData:
     info: free-form details (the TFDS ``DatasetInfo``, the prepared directory, ...).
     preprocessing: the :class:`regionloss_jax.data.preprocess.Preprocessing` that turns a
       new file into the inputs this dataset gives (saved with every run, used to predict).
+    ignore_index: the label value of pixels that count nowhere, in neither loss nor metric;
+      the dataset owns it so that a training program passes this one value to both.
   """
 
   source: Any
@@ -62,6 +64,7 @@ class SegmentationData:
   std: tuple[float, ...] = (0.25, 0.25, 0.25)
   info: Any = None
   preprocessing: Any = None
+  ignore_index: int = IGNORE_INDEX
 
   @property
   def num_classes(self) -> int:

@@ -48,7 +48,8 @@ def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
           continue
         if what == "label volume":
           if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(
-              array, np.round(array)):
+            array, np.round(array)
+          ):
             problems.append(f"{path}: label volume holds non-integer values")
             continue
           values = np.unique(array).astype(np.int64)
@@ -58,8 +59,10 @@ def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
           elif any(lookup[v] not in (0, 255) for v in values.tolist()):
             foreground[split] = True
       if len(shapes) == 2 and shapes["volume"] != shapes["label volume"]:
-        problems.append(f"{image_path} has shape {shapes['volume']} but its labels "
-                        f"{mask_path} have shape {shapes['label volume']}")
+        problems.append(
+          f"{image_path} has shape {shapes['volume']} but its labels "
+          f"{mask_path} have shape {shapes['label volume']}"
+        )
   if problems:
     raise DataError(problems, root=str(root))
   pairing.warn_background_only(foreground, root)
@@ -81,9 +84,10 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   name = "segmentation_volumes"
   VERSION = tfds.core.Version("2.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version.",
-                   "2.0.0": "Native shapes, voxel spacing, the file's geometry and class "
-                            "locations."}
+  RELEASE_NOTES = {
+    "1.0.0": "First version.",
+    "2.0.0": "Native shapes, voxel spacing, the file's geometry and class locations.",
+  }
 
   def __init__(self, *, config: VolumeConfig, data_dir, **kwargs):
     super().__init__(config=config, data_dir=str(data_dir), file_format="array_record", **kwargs)
@@ -93,34 +97,39 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     shape = tuple(size) if size is not None else (None, None, None)
     encoding = "bytes" if size is None else "none"
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=shape + (1,), dtype=np.float32,
-                                          encoding=encoding),
-            "segmentation_mask": tfds.features.Tensor(shape=shape + (1,), dtype=np.uint8,
-                                                      encoding=encoding),
-            "file_name": tfds.features.Text(),
-            "original_shape": tfds.features.Tensor(shape=(3,), dtype=np.int32),
-            "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64),
-            "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float64),
-            "locations": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
-            "location_classes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-        }),
-        metadata=tfds.core.MetadataDict(class_names=list(self.builder_config.class_names)),
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=shape + (1,), dtype=np.float32, encoding=encoding),
+          "segmentation_mask": tfds.features.Tensor(
+            shape=shape + (1,), dtype=np.uint8, encoding=encoding
+          ),
+          "file_name": tfds.features.Text(),
+          "original_shape": tfds.features.Tensor(shape=(3,), dtype=np.int32),
+          "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64),
+          "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float64),
+          "locations": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
+          "location_classes": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(class_names=list(self.builder_config.class_names)),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(pairs)
-            for split, pairs in pairing.tfds_splits(self.builder_config.pairs).items()}
+    return {
+      split: self._generate_examples(pairs)
+      for split, pairs in pairing.tfds_splits(self.builder_config.pairs).items()
+    }
 
   def _generate_examples(self, pairs):
     config = self.builder_config
     prep = config.preprocessing
     for image_path, mask_path in pairs:
       volume = read_volume(image_path)
-      labels = pairing.apply_lookup(np.round(read_volume(mask_path).array).astype(np.int64),
-                                    config.lookup)
+      labels = pairing.apply_lookup(
+        np.round(read_volume(mask_path).array).astype(np.int64), config.lookup
+      )
       image = preprocess.stored_input(prep, volume.array, volume.spacing)
       shapes = preprocess.grid_shapes(prep, labels.shape, volume.spacing)
       if prep.spacing is not None:
@@ -128,23 +137,37 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       if prep.size is not None:
         labels = preprocess.fit_shape(labels, prep.size, mode=prep.fit_mode, order=0)
       coords, classes = patches.class_locations(labels, len(config.class_names))
-      yield str(image_path), {
+      yield (
+        str(image_path),
+        {
           "image": image[..., None].astype(np.float32),
           "segmentation_mask": labels[..., None],
           "file_name": pathlib.Path(image_path).name,
           "original_shape": np.asarray(volume.array.shape, np.int32),
-          "affine": volume.affine, "spacing": np.asarray(volume.spacing, np.float64),
-          "locations": coords, "location_classes": classes}
+          "affine": volume.affine,
+          "spacing": np.asarray(volume.spacing, np.float64),
+          "locations": coords,
+          "location_classes": classes,
+        },
+      )
 
 
-def load_volumes(root, *, split: str = "train", num_classes: int,
-                 class_names: tuple[str, ...] | None = None,
-                 shape: tuple[int, int, int] | None = (32, 64, 64), mode: str = "resize",
-                 spacing: tuple[float, float, float] | None = None,
-                 intensity_range: tuple[float, float] | None = None,
-                 value_map: dict[int, int] | None = None, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, split_seed: int = 0,
-                 cache_dir=None) -> SegmentationData:
+def load_volumes(
+  root,
+  *,
+  split: str = "train",
+  num_classes: int,
+  class_names: tuple[str, ...] | None = None,
+  shape: tuple[int, int, int] | None = (32, 64, 64),
+  mode: str = "resize",
+  spacing: tuple[float, float, float] | None = None,
+  intensity_range: tuple[float, float] | None = None,
+  value_map: dict[int, int] | None = None,
+  val_fraction: float = 0.1,
+  test_fraction: float = 0.1,
+  split_seed: int = 0,
+  cache_dir=None,
+) -> SegmentationData:
   """Check and prepare (once per folder content and options) a volume folder; open a split.
 
   Args:
@@ -177,38 +200,56 @@ def load_volumes(root, *, split: str = "train", num_classes: int,
     raise ValueError(f"shape must be (D, H, W), got {shape}")
   spacing = None if not spacing else tuple(float(s) for s in spacing)
   if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
-    raise ValueError(f"spacing must be three positive voxel sizes in mm (D, H, W), got "
-                     f"{spacing}")
+    raise ValueError(f"spacing must be three positive voxel sizes in mm (D, H, W), got {spacing}")
   prep = preprocess.Preprocessing(
-      spatial_dims=3, channels=1, mean=(MEAN,), std=(STD,), size=shape, fit_mode=mode,
-      spacing=spacing,
-      intensity_range=None if intensity_range is None else tuple(intensity_range))
-  options = dict(preprocessing=prep.to_dict(), lookup=sorted(lookup.items()),
-                 class_names=class_names, val_fraction=val_fraction,
-                 test_fraction=test_fraction, split_seed=split_seed,
-                 version=str(SegmentationVolumes.VERSION))
+    spatial_dims=3,
+    channels=1,
+    mean=(MEAN,),
+    std=(STD,),
+    size=shape,
+    fit_mode=mode,
+    spacing=spacing,
+    intensity_range=None if intensity_range is None else tuple(intensity_range),
+  )
+  options = dict(
+    preprocessing=prep.to_dict(),
+    lookup=sorted(lookup.items()),
+    class_names=class_names,
+    val_fraction=val_fraction,
+    test_fraction=test_fraction,
+    split_seed=split_seed,
+    version=str(SegmentationVolumes.VERSION),
+  )
 
   def check():
     pairs, problems = pairing.find_pairs(root, stem=volume_stem)
     if problems:
       raise DataError(problems, root=str(root))
     check_volume_pairs(pairs, lookup, root=root)
-    return pairing.carve_splits(pairs, val_fraction=val_fraction, test_fraction=test_fraction,
-                                seed=split_seed)
+    return pairing.carve_splits(
+      pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
+    )
 
   def make_builder(data_dir, pairs):
-    config = VolumeConfig(name="default", pairs=pairs or {}, preprocessing=prep,
-                          lookup=lookup, class_names=class_names)
+    config = VolumeConfig(
+      name="default", pairs=pairs or {}, preprocessing=prep, lookup=lookup, class_names=class_names
+    )
     return SegmentationVolumes(config=config, data_dir=data_dir)
 
-  builder = pairing.prepare_cached(kind="volumes", root=root, options=options,
-                                   cache_dir=cache_dir, check=check, make_builder=make_builder)
+  builder = pairing.prepare_cached(
+    kind="volumes",
+    root=root,
+    options=options,
+    cache_dir=cache_dir,
+    check=check,
+    make_builder=make_builder,
+  )
   return SegmentationData(
-      source=builder.as_data_source(pairing.split_name(split)),
-      class_names=class_names,
-      spatial_shape=shape,
-      mean=prep.mean,
-      std=prep.std,
-      info=builder.info,
-      preprocessing=prep,
+    source=builder.as_data_source(pairing.split_name(split)),
+    class_names=class_names,
+    spatial_shape=shape,
+    mean=prep.mean,
+    std=prep.std,
+    info=builder.info,
+    preprocessing=prep,
   )

@@ -28,22 +28,25 @@ from regionloss_jax.losses import inputs
 
 # Keeps every log finite for an absent class; it enters both sides of each identity the
 # same way, so the identities stay exact.
-_EPS = 1e-10
+_EPS = inputs.EPS
 
 
 def _per_class_sums(logits, labels, *, mode, ignore_index, where):
-  inputs.check_logits_labels(logits, labels, mode=mode, where=where)
-  valid = inputs.valid_mask(labels, mode=mode, ignore_index=ignore_index, where=where)
-  probs = inputs.probabilities(logits, mode=mode) * valid[..., None]
-  targets = inputs.one_hot_targets(labels, logits.shape[-1], mode=mode, valid=valid)
-  axes = inputs.spatial_axes(probs)
-  count = jnp.sum(valid.reshape(valid.shape[0], -1), axis=1)[:, None]
-  return probs, targets, axes, jnp.maximum(count, 1.0)
+  prepared = inputs.prepare(logits, labels, mode=mode, ignore_index=ignore_index, where=where)
+  # An image without valid pixels has all its sums 0; dividing them by 1 keeps its terms
+  # finite (0, or -log(eps) for the matching term) instead of NaN.
+  count = jnp.maximum(prepared.count, 1.0)
+  return prepared.probs, prepared.targets, prepared.axes, count
 
 
-def log_dice_decomposition(logits: jax.Array, labels: jax.Array, *, mode: str = "multiclass",
-                           ignore_index: int | None = None,
-                           where: jax.Array | None = None) -> dict[str, jax.Array]:
+def log_dice_decomposition(
+  logits: jax.Array,
+  labels: jax.Array,
+  *,
+  mode: str = "multiclass",
+  ignore_index: int | None = None,
+  where: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """Splits log-Dice per image and class into its matching and region-size terms.
 
   ``log_dice == matching + size - log(2)`` holds exactly (to float rounding), with
@@ -53,31 +56,54 @@ def log_dice_decomposition(logits: jax.Array, labels: jax.Array, *, mode: str = 
 
   Args:
     logits: ``(B, *spatial, C)``; ``C == 1`` in binary mode.
-    labels: integer ``(B, *spatial)`` (``(B, *spatial, C)`` in multilabel mode).
+    labels: integer ``(B, *spatial)`` (``(B, *spatial, C)`` in multilabel mode), or float
+      soft targets of the logits' shape (then ``I = sum s g`` and ``|Omega| = sum g``; the
+      identity still holds).
     mode, ignore_index, where: as in the losses.
 
   Returns:
     A dict of float32 ``(B, C)`` arrays: ``log_dice``, ``matching``, ``size``, ``tau``,
     ``tauhat``.
+
+  References:
+    - B. Liu, J. Dolz, A. Galdran, R. Kobbi, I. Ben Ayed, "Do we really need Dice? The hidden
+      region-size biases of segmentation losses", Medical Image Analysis 2024,
+      arXiv:2104.08717.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from regionloss_jax import losses
+    >>> logits = jnp.array([[[[2.0, -1.0], [0.5, 0.3]], [[-1.0, 1.5], [0.0, 2.0]]]])
+    >>> labels = jnp.array([[[0, 1], [1, 1]]])  # (B, H, W) = (1, 2, 2), C = 2
+    >>> parts = losses.log_dice_decomposition(logits, labels)
+    >>> identity = parts["matching"] + parts["size"] - jnp.log(2.0)
+    >>> print(" ".join(f"{v:.4f}" for v in parts["log_dice"][0]), "|",
+    ...       " ".join(f"{v:.4f}" for v in identity[0]))
+    0.3478 0.1618 | 0.3478 0.1618
   """
-  probs, targets, axes, count = _per_class_sums(logits, labels, mode=mode,
-                                                ignore_index=ignore_index, where=where)
+  probs, targets, axes, count = _per_class_sums(
+    logits, labels, mode=mode, ignore_index=ignore_index, where=where
+  )
   intersection = jnp.sum(probs * targets, axis=axes)
   pred_sum = jnp.sum(probs, axis=axes)
   target_sum = jnp.sum(targets, axis=axes)
   tau, tauhat = target_sum / count, pred_sum / count
   return {
-      "log_dice": -jnp.log((2 * intersection + 2 * _EPS) / (pred_sum + target_sum + 2 * _EPS)),
-      "matching": -jnp.log((intersection + _EPS) / count),
-      "size": jnp.log(tau + tauhat + 2 * _EPS / count),
-      "tau": tau,
-      "tauhat": tauhat,
+    "log_dice": -jnp.log((2 * intersection + 2 * _EPS) / (pred_sum + target_sum + 2 * _EPS)),
+    "matching": -jnp.log((intersection + _EPS) / count),
+    "size": jnp.log(tau + tauhat + 2 * _EPS / count),
+    "tau": tau,
+    "tauhat": tauhat,
   }
 
 
-def cross_entropy_decomposition(logits: jax.Array, labels: jax.Array, *,
-                                ignore_index: int | None = None,
-                                where: jax.Array | None = None) -> dict[str, jax.Array]:
+def cross_entropy_decomposition(
+  logits: jax.Array,
+  labels: jax.Array,
+  *,
+  ignore_index: int | None = None,
+  where: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """CE per image and class, and the Jensen lower bound ``matching + size`` (multiclass).
 
   ``ce >= matching + size`` for every image and class (equality when the prediction is
@@ -86,15 +112,30 @@ def cross_entropy_decomposition(logits: jax.Array, labels: jax.Array, *,
 
   Args:
     logits: ``(B, *spatial, C)``, softmax over ``C``.
-    labels: integer ``(B, *spatial)``.
+    labels: integer ``(B, *spatial)``, or float soft targets ``(B, *spatial, C)``.
     ignore_index, where: as in the losses.
 
   Returns:
     A dict of float32 ``(B, C)`` arrays: ``ce``, ``matching``, ``size``, ``tau``, ``tauhat``.
+
+  References:
+    - B. Liu, J. Dolz, A. Galdran, R. Kobbi, I. Ben Ayed, "Do we really need Dice? The hidden
+      region-size biases of segmentation losses", Medical Image Analysis 2024,
+      arXiv:2104.08717.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from regionloss_jax import losses
+    >>> logits = jnp.array([[[[2.0, -1.0], [0.5, 0.3]], [[-1.0, 1.5], [0.0, 2.0]]]])
+    >>> labels = jnp.array([[[0, 1], [1, 1]]])  # (B, H, W) = (1, 2, 2), C = 2
+    >>> parts = losses.cross_entropy_decomposition(logits, labels)
+    >>> print(f"{parts['ce'].sum():.4f} {parts['size'].sum():.4f}")  # CE and KL(tau || tauhat)
+    0.2631 0.0662
   """
   mode = "multiclass"
-  probs, targets, axes, count = _per_class_sums(logits, labels, mode=mode,
-                                                ignore_index=ignore_index, where=where)
+  probs, targets, axes, count = _per_class_sums(
+    logits, labels, mode=mode, ignore_index=ignore_index, where=where
+  )
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   ce = -jnp.sum(targets * log_probs, axis=axes) / count
   intersection = jnp.sum(probs * targets, axis=axes)
@@ -105,9 +146,9 @@ def cross_entropy_decomposition(logits: jax.Array, labels: jax.Array, *,
   matching = -tau * jnp.log((intersection + _EPS) / (pred_sum + _EPS))
   size = tau * (jnp.log(jnp.where(present, tau, 1.0)) - jnp.log(tauhat + _EPS))
   return {
-      "ce": ce,
-      "matching": jnp.where(present, matching, 0.0),
-      "size": jnp.where(present, size, 0.0),
-      "tau": tau,
-      "tauhat": tauhat,
+    "ce": ce,
+    "matching": jnp.where(present, matching, 0.0),
+    "size": jnp.where(present, size, 0.0),
+    "tau": tau,
+    "tauhat": tauhat,
   }

@@ -12,8 +12,9 @@ only per-pixel softmax statistics and a tiny ``(B, C)`` vector:
   (r_{bj} - \sum_k r_{bk} s^T_{pk})`.
 
 So the forward pass only reduces, and the backward pass recomputes both softmaxes from the
-logits and writes the gradient in one fused elementwise sweep. Multiclass, integer labels,
-no class weights or label smoothing (``make_loss`` falls back to the generic path otherwise).
+logits and writes the gradient in one fused elementwise sweep. Multiclass, integer labels or
+soft targets, no class weights, label smoothing or ``reduction="none"`` (``make_loss``
+falls back to the generic path otherwise).
 
 Nothing of the logits' size is written but the gradient: the forward pass reads them three
 times (per-pixel max; both normalisers; per-image soft counts), the backward pass twice
@@ -53,8 +54,9 @@ def _sums(operands, axes):
   """
   zeros = tuple(jnp.zeros((), a.dtype) for a in operands)
   axes = tuple(a % operands[0].ndim for a in axes)
-  return jax.lax.reduce(tuple(operands), zeros,
-                        lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+  return jax.lax.reduce(
+    tuple(operands), zeros, lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), axes
+  )
 
 
 def _image_sums(operands):
@@ -68,8 +70,9 @@ def _image_sums(operands):
   batch, num_classes = operands[0].shape[0], operands[0].shape[-1]
   pixels = math.prod(operands[0].shape[1:-1])
   block = math.gcd(pixels, 16)
-  partial = _sums(tuple(a.reshape(batch, pixels // block, block, num_classes)
-                        for a in operands), (2,))
+  partial = _sums(
+    tuple(a.reshape(batch, pixels // block, block, num_classes) for a in operands), (2,)
+  )
   return tuple(jnp.sum(p, axis=1) for p in partial)
 
 
@@ -99,8 +102,9 @@ def _class_counts(labels, valid, num_classes):
   # scatter one-dimensional (two-dimensional ones are written out as index pairs first).
   bins = jnp.where((labels >= 0) & (labels < num_classes), labels, num_classes)
   bins = bins + (num_classes + 1) * jnp.arange(batch, dtype=bins.dtype)[:, None]
-  counts = jnp.zeros(batch * (num_classes + 1), jnp.float32).at[bins.reshape(-1)].add(
-      valid.reshape(-1))
+  counts = (
+    jnp.zeros(batch * (num_classes + 1), jnp.float32).at[bins.reshape(-1)].add(valid.reshape(-1))
+  )
   return counts.reshape(batch, num_classes + 1)[:, :num_classes]
 
 
@@ -109,24 +113,35 @@ def _statistics(x, labels, valid, temperature):
 
   Args:
     x: float32 logits ``(B, *spatial, C)``.
-    labels: integer ``(B, *spatial)``.
+    labels: integer ``(B, *spatial)``, or float soft targets ``(B, *spatial, C)``.
     valid: float32 ``(B, *spatial)``.
     temperature: float32 scalar ``T``.
 
   Returns:
-    ``nll_sum`` (scalar, :math:`\sum_V -\log s_{py_p}` over in-range labels); ``counts``,
+    ``nll_sum`` (scalar, :math:`\sum_V -\log s_{py_p}` over in-range labels, or
+    :math:`-\sum_V \sum_k t_{pk} \log s_{pk}`); ``counts``,
     ``class_counts`` and ``soft_counts``, each ``(B, C)``: :math:`|V_b|` (in every column),
     :math:`\sum_V g_{pk}` and :math:`\sum_V s^T_{pk}`; and the per-pixel ``(B, *spatial)``
     pair ``(max_k x_pk, log sum_k exp(x_pk - max))`` that the backward pass reuses.
   """
   num_classes = x.shape[-1]
-  hit = _targets(labels, num_classes)
-  in_range = (labels >= 0) & (labels < num_classes)
   m = _pixel_max(x)
   shifted = x - m[..., None]
-  sum_exp, sum_exp_t, true_shifted = _sums(
-      (jnp.exp(shifted), jnp.exp(temperature * shifted), jnp.where(hit, shifted, 0.0)), (-1,))
-  nll = (jnp.log(sum_exp) - true_shifted) * jnp.where(in_range, valid, 0.0)
+  if inputs.is_soft(labels):
+    soft_targets = labels.astype(jnp.float32)
+    sum_exp, sum_exp_t, true_shifted, target_mass = _sums(
+      (jnp.exp(shifted), jnp.exp(temperature * shifted), soft_targets * shifted, soft_targets),
+      (-1,),
+    )
+    # -sum_k t_k log s_k = (sum_k t_k) log sum exp - sum_k t_k (x_k - m).
+    nll = (jnp.log(sum_exp) * target_mass - true_shifted) * valid
+  else:
+    hit = _targets(labels, num_classes)
+    in_range = (labels >= 0) & (labels < num_classes)
+    sum_exp, sum_exp_t, true_shifted = _sums(
+      (jnp.exp(shifted), jnp.exp(temperature * shifted), jnp.where(hit, shifted, 0.0)), (-1,)
+    )
+    nll = (jnp.log(sum_exp) - true_shifted) * jnp.where(in_range, valid, 0.0)
   # Normalised inside the exponent, so this exp is not the one summed above and XLA
   # cannot share (and so materialise) it between the two passes.
   tempered = jnp.exp(temperature * shifted - jnp.log(sum_exp_t)[..., None]) * valid[..., None]
@@ -135,8 +150,14 @@ def _statistics(x, labels, valid, temperature):
   # region factor ``r`` expensive enough that XLA computes it once. Otherwise, for ``l1``,
   # whose derivative is all cheap ops, XLA fuses the ``(B, C)`` computation into the
   # per-pixel loops and repeats it for every pixel.
-  soft_counts, counts = _image_sums((tempered, jnp.broadcast_to(valid[..., None], x.shape)))
-  class_counts = _class_counts(labels, valid, num_classes)
+  if inputs.is_soft(labels):
+    # Soft targets are already of the logits' size, so their per-image sums join this pass.
+    soft_counts, counts, class_counts = _image_sums(
+      (tempered, jnp.broadcast_to(valid[..., None], x.shape), soft_targets * valid[..., None])
+    )
+  else:
+    soft_counts, counts = _image_sums((tempered, jnp.broadcast_to(valid[..., None], x.shape)))
+    class_counts = _class_counts(labels, valid, num_classes)
   return jnp.sum(nll), counts, class_counts, soft_counts, (m, jnp.log(sum_exp))
 
 
@@ -147,8 +168,7 @@ def _ce_and_region(term, x, labels, valid, temperature):
 
 def _forward(term, x, labels, valid, temperature):
   xf = x.astype(jnp.float32)
-  nll_sum, counts, class_counts, soft_counts, shifts = _statistics(xf, labels, valid,
-                                                                   temperature)
+  nll_sum, counts, class_counts, soft_counts, shifts = _statistics(xf, labels, valid, temperature)
   total = jnp.sum(counts[:, 0])
   ce = nll_sum / jnp.maximum(total, 1.0)
   tau = (class_counts + region.EPS) / (counts + region.EPS)
@@ -164,7 +184,8 @@ def _backward(term, residuals, cotangents):
 
   With :math:`r_{bk}` the region factor of the module docstring (scaled by the cotangent),
   :math:`\partial/\partial x_{pj} = v_p [\bar{c} \, [0 \le y_p < C] (s_{pj} - g_{pj}) / |V|
-  + s^T_{pj} (r_{bj} - \sum_k r_{bk} s^T_{pk})]`.
+  + s^T_{pj} (r_{bj} - \sum_k r_{bk} s^T_{pk})]`; soft targets ``t`` replace the CE part by
+  :math:`\bar{c} (s_{pj} \sum_k t_{pk} - t_{pj}) / |V|`. No gradient flows to the targets.
   """
   del term  # its derivative is already in the residuals
   x, labels, valid, temperature, total, counts, dpenalty_dtauhat, shifts = residuals
@@ -183,9 +204,15 @@ def _backward(term, residuals, cotangents):
   # reason as in the forward pass: a shared exp would be written out.
   probs = jnp.exp(shifted - log_sum_exp[..., None])
   tempered = jnp.exp(temperature * shifted - jnp.log(sum_exp_t)[..., None])
-  in_range = (labels >= 0) & (labels < num_classes)
-  ce_scale = jnp.where(in_range, valid, 0.0) * (ce_bar / jnp.maximum(total, 1.0))
-  ce_grad = (probs - _targets(labels, num_classes)) * ce_scale[..., None]
+  if inputs.is_soft(labels):
+    soft_targets = labels.astype(jnp.float32)
+    ce_scale = valid * (ce_bar / jnp.maximum(total, 1.0))
+    target_mass = jnp.sum(soft_targets, axis=-1, keepdims=True)
+    ce_grad = (probs * target_mass - soft_targets) * ce_scale[..., None]
+  else:
+    in_range = (labels >= 0) & (labels < num_classes)
+    ce_scale = jnp.where(in_range, valid, 0.0) * (ce_bar / jnp.maximum(total, 1.0))
+    ce_grad = (probs - _targets(labels, num_classes)) * ce_scale[..., None]
   region_grad = tempered * (r - (r_exp_t / sum_exp_t)[..., None]) * valid[..., None]
   return ((ce_grad + region_grad).astype(x.dtype), None, None, jnp.zeros_like(temperature))
 
@@ -194,13 +221,13 @@ _ce_and_region.defvjp(_forward, _backward)
 
 
 def ce_with_region(
-    logits: jax.Array,
-    labels: jax.Array,
-    *,
-    term: str = "kl",
-    temperature: float | jax.Array = 1.0,
-    ignore_index: int | None = None,
-    where: jax.Array | None = None,
+  logits: jax.Array,
+  labels: jax.Array,
+  *,
+  term: str = "kl",
+  temperature: float | jax.Array = 1.0,
+  ignore_index: int | None = None,
+  where: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Multiclass CE and a region-size term, with the fused gradient of the module docstring.
 
@@ -209,7 +236,8 @@ def ce_with_region(
 
   Args:
     logits: ``(B, *spatial, C)``, ``C >= 2``.
-    labels: integer ``(B, *spatial)``.
+    labels: integer ``(B, *spatial)``, or float soft targets of the logits' shape (no
+      gradient flows to them).
     term: ``l1``, ``kl`` or ``db``.
     temperature: ``T`` of the region term's softmax (not of CE's).
     ignore_index: label value whose pixels count nowhere.
@@ -217,6 +245,20 @@ def ce_with_region(
 
   Returns:
     ``(ce, region)``, float32 scalars.
+
+  References:
+    - B. Liu, J. Dolz, A. Galdran, R. Kobbi, I. Ben Ayed, "Do we really need Dice? The hidden
+      region-size biases of segmentation losses", Medical Image Analysis 2024,
+      arXiv:2104.08717.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from regionloss_jax import losses
+    >>> logits = jnp.array([[[[2.0, -1.0], [0.5, 0.3]], [[-1.0, 1.5], [0.0, 2.0]]]])
+    >>> labels = jnp.array([[[0, 1], [1, 1]]])  # (B, H, W) = (1, 2, 2), C = 2
+    >>> ce, kl = losses.ce_with_region(logits, labels, term="kl", temperature=10.0)
+    >>> print(f"{ce:.4f} {kl:.4f}")
+    0.2631 0.1028
   """
   if term not in REGION_TERMS:
     raise ValueError(f"Unknown region term {term!r}; valid: {', '.join(REGION_TERMS)}.")
@@ -234,6 +276,11 @@ def select(parts: tuple[str, ...], term_options: list[dict]):
     return None
   if first_options.get("class_weights") is not None or first_options.get("label_smoothing"):
     return None
-  return functools.partial(ce_with_region, term=second,
-                           temperature=second_options.get("temperature", 1.0),
-                           ignore_index=first_options.get("ignore_index"))
+  if first_options.get("reduction", "mean") != "mean":
+    return None
+  return functools.partial(
+    ce_with_region,
+    term=second,
+    temperature=second_options.get("temperature", 1.0),
+    ignore_index=first_options.get("ignore_index"),
+  )

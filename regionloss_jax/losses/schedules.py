@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
-import optax
 
 
-def step_weight_schedule(init_value: float, *, factor: float, step_size: int,
-                         max_weight: float) -> optax.Schedule:
+def step_weight_schedule(
+  init_value: float, *, factor: float, step_size: int, max_weight: float
+) -> Callable[[jax.typing.ArrayLike], jax.Array]:
   """The paper authors' schedule: ``min(init * factor ** (step // step_size), max_weight)``.
 
   The weight is multiplied by ``factor`` every ``step_size`` steps and capped at
@@ -21,7 +24,7 @@ def step_weight_schedule(init_value: float, *, factor: float, step_size: int,
     max_weight: cap on the weight.
 
   Returns:
-    An ``optax.Schedule``: ``step -> float32 weight``.
+    An optax-style schedule, ``step -> float32 weight``.
   """
   if step_size < 1:
     raise ValueError(f"step_size must be >= 1; got {step_size}.")

@@ -50,10 +50,24 @@ def templates(tmp_path):
 
 
 def test_label_file_and_grouping():
-  names = {1: "Precentral_L", 5: "Thalamus_L", 12: "Cerebelum_Crus1_L", 14: "Vermis_1_2",
-           20: "Amygdala_R", 37: "Hippocampus_L", 39: "ParaHippocampal_L"}
+  names = {
+    1: "Precentral_L",
+    5: "Thalamus_L",
+    12: "Cerebelum_Crus1_L",
+    14: "Vermis_1_2",
+    20: "Amygdala_R",
+    37: "Hippocampus_L",
+    39: "ParaHippocampal_L",
+  }
   assert [colin27.structure_of(n) for n in names.values()] == [
-      "cortex", "thalamus", "cerebellum", "cerebellum", "amygdala", "hippocampus", "cortex"]
+    "cortex",
+    "thalamus",
+    "cerebellum",
+    "cerebellum",
+    "amygdala",
+    "hippocampus",
+    "cortex",
+  ]
   atlas = np.array([[0, 1, 5], [12, 14, 20], [37, 39, 0]])
   grouped = colin27.group_labels(atlas, names)
   assert grouped.dtype == np.uint8
@@ -81,7 +95,7 @@ def test_slab_split_by_hand():
 def test_no_evaluated_slice_has_a_training_neighbour(slab, gap, offset):
   splits = colin27.slice_splits(97, slab=slab, gap=gap, offset=offset)
   for i in np.flatnonzero(splits >= 1):
-    near = splits[max(0, i - gap):i + gap + 1]
+    near = splits[max(0, i - gap) : i + gap + 1]
     assert not (near == 0).any()
     if splits[i] == 1:
       assert not (near == 2).any()
@@ -109,8 +123,15 @@ def test_build_writes_both_versions_that_the_loaders_read(templates, tmp_path):
   index = record["slices"]["test"][0]
   mask = np.asarray(Image.open(out / "2d" / "test" / "masks" / f"colin27_x{index:03d}.png"))
   np.testing.assert_array_equal(mask, np.flipud(labels[index].T))
-  loaded = data.load("folder", root=out / "2d", split="test", num_classes=9,
-                     class_names=colin27.STRUCTURES, image_size=None, cache_dir=tmp_path / "c")
+  loaded = data.load(
+    "folder",
+    root=out / "2d",
+    split="test",
+    num_classes=9,
+    class_names=colin27.STRUCTURES,
+    image_size=None,
+    cache_dir=tmp_path / "c",
+  )
   assert len(loaded) == len(record["slices"]["test"])
   assert loaded.class_names == colin27.STRUCTURES
 
@@ -122,7 +143,7 @@ def test_build_writes_both_versions_that_the_loaders_read(templates, tmp_path):
     start = int(path.name.split("_x")[1].split("-")[0])
     np.testing.assert_allclose(volume.affine[:3, 3], (template_affine @ [start, 0, 0, 1])[:3])
     run = np.asarray(volume.dataobj)
-    np.testing.assert_array_equal(run, labels[start:start + len(run)])
+    np.testing.assert_array_equal(run, labels[start : start + len(run)])
     covered += range(start, start + len(run))
   assert sorted(covered) == sorted(i for s in record["slices"].values() for i in s)
 
@@ -142,8 +163,9 @@ def test_bad_inputs_are_named_and_nothing_is_overwritten(templates, tmp_path):
 
 
 def test_command_line(templates, tmp_path, capsys):
-  colin27.main(["--templates", str(templates), "--out", str(tmp_path / "c"), "--slab", "3",
-                "--gap", "1"])
+  colin27.main(
+    ["--templates", str(templates), "--out", str(tmp_path / "c"), "--slab", "3", "--gap", "1"]
+  )
   printed = capsys.readouterr().out
   assert "train" in printed and "--config.data.dir=" in printed
   with pytest.raises(SystemExit, match="exists"):

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from regionloss_jax import data
-
-from .conftest import write_pairs, write_png
+from tests.data.helpers import write_pairs, write_png
 
 
 def load(root, cache, **kwargs):
@@ -34,9 +33,8 @@ def test_binary_255_masks_through_value_map(tmp_path):
   expected[2:7, 8:] = 1
   np.testing.assert_array_equal(mask, expected)
   # Bilinear resizing blends the region's edge; its interior keeps the image's red = 200.
-  assert (image[3:6, 9:15, 0] > 180).all() and (image[..., 0][mask == 0] < 100).mean() > .8
-  batch = next(iter(data.make_pipeline(dataset, global_batch_size=4, shard_index=0,
-                                       shard_count=1)))
+  assert (image[3:6, 9:15, 0] > 180).all() and (image[..., 0][mask == 0] < 100).mean() > 0.8
+  batch = next(iter(data.make_pipeline(dataset, global_batch_size=4, shard_index=0, shard_count=1)))
   assert batch["label"].shape == (4, 10, 16)
 
 
@@ -44,8 +42,10 @@ def test_carved_and_given_splits(tmp_path):
   root = write_pairs(tmp_path / "ds", "train", 20)
   sizes = {s: len(load(root, tmp_path / "c", split=s)) for s in ("train", "val", "test")}
   assert sizes == {"train": 16, "val": 2, "test": 2}
-  names = {s: {bytes(ex["file_name"]) for ex in load(root, tmp_path / "c", split=s).source}
-           for s in ("train", "validation", "test")}
+  names = {
+    s: {bytes(ex["file_name"]) for ex in load(root, tmp_path / "c", split=s).source}
+    for s in ("train", "validation", "test")
+  }
   assert not names["train"] & names["validation"] and not names["train"] & names["test"]
   write_pairs(root, "val", 3, seed=1)
   write_pairs(root, "test", 4, seed=2)
@@ -96,8 +96,7 @@ def test_every_bad_file_is_named_and_nothing_is_written(tmp_path):
   assert len(problems) == 3
   assert any("case00.png: unreadable or corrupt image" in p for p in problems)
   assert any("case01.png is 30x20 but its mask" in p and "is 30x12" in p for p in problems)
-  assert any("case02.png: mask values outside the declared classes: [3, 7]" in p
-             for p in problems)
+  assert any("case02.png: mask values outside the declared classes: [3, 7]" in p for p in problems)
   assert prepared_dirs(cache) == []
 
 
@@ -135,12 +134,13 @@ def test_failed_write_leaves_no_partial_dataset(tmp_path, monkeypatch):
 def _write_image(path, array):
   path.parent.mkdir(parents=True, exist_ok=True)
   from PIL import Image
+
   Image.fromarray(array).save(path)
 
 
 def _mask(h, w):
   mask = np.zeros((h, w), np.uint8)
-  mask[h // 3: h // 2, w // 4: w // 2] = 1
+  mask[h // 3 : h // 2, w // 4 : w // 2] = 1
   mask[h - 2, w - 2] = 2
   return mask
 
@@ -155,13 +155,30 @@ def test_native_sizes_keep_every_image_as_it_is(tmp_path):
     originals[f"c{i}.png"] = (image, _mask(h, w))
     _write_image(root / "train" / "images" / f"c{i}.png", image)
     _write_image(root / "train" / "masks" / f"c{i}.png", _mask(h, w))
-  dataset = data.load("folder", root=root, num_classes=3, image_size=None,
-                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+  dataset = data.load(
+    "folder",
+    root=root,
+    num_classes=3,
+    image_size=None,
+    cache_dir=tmp_path / "c",
+    val_fraction=0.25,
+    test_fraction=0.25,
+  )
   assert dataset.spatial_shape is None and dataset.preprocessing.size is None
-  every = [ex for split in ("train", "validation", "test")
-           for ex in data.load("folder", root=root, num_classes=3, image_size=None,
-                               split=split, cache_dir=tmp_path / "c", val_fraction=0.25,
-                               test_fraction=0.25).source]
+  every = [
+    ex
+    for split in ("train", "validation", "test")
+    for ex in data.load(
+      "folder",
+      root=root,
+      num_classes=3,
+      image_size=None,
+      split=split,
+      cache_dir=tmp_path / "c",
+      val_fraction=0.25,
+      test_fraction=0.25,
+    ).source
+  ]
   assert len(every) == 4
   for ex in every:
     image, mask = originals[ex["file_name"].decode()]
@@ -180,8 +197,14 @@ def test_grey_scale_and_16_bit_images_are_read_at_their_depth(tmp_path):
   for name, image in (("a", grey8), ("b", grey16), ("c", grey8), ("d", grey8)):
     _write_image(root / "train" / "images" / f"{name}.png", image)
     _write_image(root / "train" / "masks" / f"{name}.png", _mask(*image.shape))
-  options = dict(root=root, num_classes=3, image_size=None, cache_dir=tmp_path / "c",
-                 val_fraction=0.25, test_fraction=0.25)
+  options = dict(
+    root=root,
+    num_classes=3,
+    image_size=None,
+    cache_dir=tmp_path / "c",
+    val_fraction=0.25,
+    test_fraction=0.25,
+  )
   splits = {s: data.load("folder", split=s, **options) for s in ("train", "val", "test")}
   prep = splits["train"].preprocessing
   assert (prep.channels, prep.bit_depth) == (1, 16)
@@ -205,19 +228,35 @@ def test_grey_images_in_a_colour_folder_become_three_equal_channels(tmp_path):
   for i in range(3):
     _write_image(root / "train" / "images" / f"rgb{i}.png", np.zeros((15, 20, 3), np.uint8))
     _write_image(root / "train" / "masks" / f"rgb{i}.png", _mask(15, 20))
-  dataset = data.load("folder", root=root, num_classes=3, image_size=None,
-                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+  dataset = data.load(
+    "folder",
+    root=root,
+    num_classes=3,
+    image_size=None,
+    cache_dir=tmp_path / "c",
+    val_fraction=0.25,
+    test_fraction=0.25,
+  )
   assert dataset.preprocessing.channels == 3
-  splits = [data.load("folder", root=root, num_classes=3, image_size=None, split=s,
-                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
-            for s in ("train", "val", "test")]
+  splits = [
+    data.load(
+      "folder",
+      root=root,
+      num_classes=3,
+      image_size=None,
+      split=s,
+      cache_dir=tmp_path / "c",
+      val_fraction=0.25,
+      test_fraction=0.25,
+    )
+    for s in ("train", "val", "test")
+  ]
   (example,) = [ex for d in splits for ex in d.source if ex["file_name"] == b"grey.png"]
   np.testing.assert_array_equal(example["image"], np.repeat(grey[..., None], 3, axis=-1))
 
 
 @pytest.mark.parametrize("image_size", [None, (10, 16)])
-def test_a_new_file_prepared_by_preprocessing_matches_the_evaluation_input(tmp_path,
-                                                                          image_size):
+def test_a_new_file_prepared_by_preprocessing_matches_the_evaluation_input(tmp_path, image_size):
   # What predict feeds the model for a file equals what evaluation feeds it for the same
   # file in the prepared dataset: one preprocessing, two paths.
   root = write_pairs(tmp_path / "ds", "train", 6)

@@ -6,8 +6,7 @@ from scipy import ndimage
 
 from regionloss_jax import data
 from regionloss_jax.data import imbalanced_shapes as shapes
-
-from .conftest import TINY
+from tests.data.helpers import TINY
 
 
 def proportions(task, count, *, split="train", size=96):
@@ -78,8 +77,9 @@ def test_prepared_dataset_is_deterministic_and_described(tmp_path, tiny_shapes):
   assert example["segmentation_mask"].shape == (24, 24, 1)
   assert again.class_names == ("background", "organ", "cyst", "vessel", "nodule")
   assert again.info.metadata["class_names"] == list(again.class_names)
-  assert len(data.load("imbalanced_shapes/multiclass", split="val", cache_dir=tmp_path,
-                       **TINY)) == 6
+  assert (
+    len(data.load("imbalanced_shapes/multiclass", split="val", cache_dir=tmp_path, **TINY)) == 6
+  )
 
 
 def test_bad_options_are_named():

@@ -21,11 +21,15 @@ def test_trimap_lookup(border, expected):
 
 def test_mocked_pet_through_the_pipeline(tmp_path):
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-    dataset = data.load("oxford_iiit_pet", split="train", border="class", image_size=(32, 32),
-                        data_dir=tmp_path)
+    dataset = data.load(
+      "oxford_iiit_pet", split="train", border="class", image_size=(32, 32), data_dir=tmp_path
+    )
     assert dataset.class_names == ("background", "pet", "border")
-    batches = list(data.make_pipeline(dataset, global_batch_size=3, train=True, num_epochs=1,
-                                      shard_index=0, shard_count=1))
+    batches = list(
+      data.make_pipeline(
+        dataset, global_batch_size=3, train=True, num_epochs=1, shard_index=0, shard_count=1
+      )
+    )
   assert len(batches) == 2
   assert batches[0]["image"].shape == (3, 32, 32, 3)
   assert batches[0]["label"].shape == (3, 32, 32)
@@ -62,19 +66,25 @@ def fake_download(root):
 
 def test_tf_free_builder_prepares_offline(tmp_path, monkeypatch):
   paths = fake_download(tmp_path / "download")
-  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
-                      lambda self, urls: paths)
-  dataset = data.load("oxford_iiit_pet", split="train", border="ignore", image_size=(8, 8),
-                      data_dir=tmp_path / "tfds")
+  monkeypatch.setattr(
+    tfds.download.DownloadManager, "download_and_extract", lambda self, urls: paths
+  )
+  dataset = data.load(
+    "oxford_iiit_pet", split="train", border="ignore", image_size=(8, 8), data_dir=tmp_path / "tfds"
+  )
   assert len(dataset) == 2
   for example in dataset.source:
     assert example["image"].shape == (12, 16, 3)  # The RGBA PNG became an RGB JPEG.
     trimap = example["segmentation_mask"][..., 0]
     assert trimap[5, 6] == 1 and trimap[0, 0] == 2 and trimap[3, 5] == 3
-  batch = next(iter(data.make_pipeline(dataset, global_batch_size=2, train=False,
-                                       shard_index=0, shard_count=1)))
+  batch = next(
+    iter(
+      data.make_pipeline(dataset, global_batch_size=2, train=False, shard_index=0, shard_count=1)
+    )
+  )
   assert set(np.unique(batch["label"])) <= {0, 1, 255}
   # Files written without TensorFlow are read by TFDS's stock builder too.
-  stock = tfds.builder("oxford_iiit_pet", data_dir=str(tmp_path / "tfds"),
-                       file_format="array_record")
+  stock = tfds.builder(
+    "oxford_iiit_pet", data_dir=str(tmp_path / "tfds"), file_format="array_record"
+  )
   assert stock.is_prepared() and len(stock.as_data_source("test")) == 1

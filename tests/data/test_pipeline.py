@@ -62,8 +62,9 @@ def test_eval_reads_every_example_once_in_order(tiny_shapes):
 
 def test_shards_are_disjoint_and_split_the_global_batch(tiny_shapes):
   def images(shard):
-    batches = list(pipeline(tiny_shapes, train=False, global_batch_size=4, shard_index=shard,
-                            shard_count=2))
+    batches = list(
+      pipeline(tiny_shapes, train=False, global_batch_size=4, shard_index=shard, shard_count=2)
+    )
     assert all(b["image"].shape[0] == 2 for b in batches)
     return {b["image"][i].tobytes() for b in batches for i in range(2)}
 
@@ -81,11 +82,21 @@ def test_augmentation_moves_image_and_mask_together():
   mask[30:45, 3:20] = 2
   image = np.repeat((40 * mask)[..., None], 3, axis=-1).astype(np.uint8)
   source = [{"image": image, "segmentation_mask": mask[..., None]}] * 8
-  dataset = SegmentationData(source=source, class_names=("a", "b", "c"), spatial_shape=(32, 32),
-                             mean=(0.0,) * 3, std=(1.0,) * 3)
+  dataset = SegmentationData(
+    source=source,
+    class_names=("a", "b", "c"),
+    spatial_shape=(32, 32),
+    mean=(0.0,) * 3,
+    std=(1.0,) * 3,
+  )
   settings = augment.Augment(flip_axes=(0, 1), max_rotation_deg=20, brightness=0, contrast=0)
-  batch = next(iter(data.make_pipeline(dataset, global_batch_size=8, augment=settings,
-                                       shard_index=0, shard_count=1)))
+  batch = next(
+    iter(
+      data.make_pipeline(
+        dataset, global_batch_size=8, augment=settings, shard_index=0, shard_count=1
+      )
+    )
+  )
   labels, red = batch["label"], batch["image"][..., 0] * 255
   valid = labels != 255
   agree = np.abs(red - 40 * labels) < 1
@@ -104,32 +115,41 @@ def test_each_shard_draws_its_own_augmentation():
   settings = augment.Augment(flip_axes=(0, 1), max_rotation_deg=30)
 
   def labels(shard):
-    batches = data.make_pipeline(dataset, global_batch_size=8, augment=settings, seed=3,
-                                 shard_index=shard, shard_count=2)
+    batches = data.make_pipeline(
+      dataset, global_batch_size=8, augment=settings, seed=3, shard_index=shard, shard_count=2
+    )
     return next(iter(batches))["label"]
 
   first, second = labels(0), labels(1)
-  assert not any(np.array_equal(a, b) for a, b in zip(first, second))
-  one_process = next(iter(data.make_pipeline(dataset, global_batch_size=4, augment=settings,
-                                             seed=3, shard_index=0, shard_count=1)))
+  assert not any(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+  one_process = next(
+    iter(
+      data.make_pipeline(
+        dataset, global_batch_size=4, augment=settings, seed=3, shard_index=0, shard_count=1
+      )
+    )
+  )
   np.testing.assert_array_equal(one_process["label"], first)  # shard 0 keeps the seed
 
 
 def test_none_augment_is_a_plain_resize():
-  matrix, offset = augment.sample_affine(np.random.default_rng(0), (10, 10), (10, 10),
-                                         augment.Augment.none())
+  matrix, offset = augment.sample_affine(
+    np.random.default_rng(0), (10, 10), (10, 10), augment.Augment.none()
+  )
   np.testing.assert_allclose(matrix, np.eye(2))
   np.testing.assert_allclose(offset, 0.0, atol=1e-12)
   mask = np.arange(16, dtype=np.uint8).reshape(4, 4)
-  matrix, offset = augment.sample_affine(np.random.default_rng(0), (4, 4), (8, 8),
-                                         augment.Augment.none())
+  matrix, offset = augment.sample_affine(
+    np.random.default_rng(0), (4, 4), (8, 8), augment.Augment.none()
+  )
   _, up = augment.warp(np.zeros((4, 4, 1)), mask, matrix, offset, (8, 8))
   np.testing.assert_array_equal(up, np.repeat(np.repeat(mask, 2, 0), 2, 1))
 
 
 def test_variable_size_source_needs_a_shape():
-  source = [{"image": np.zeros((10, 12, 3), np.uint8),
-             "segmentation_mask": np.zeros((10, 12, 1), np.uint8)}] * 4
+  source = [
+    {"image": np.zeros((10, 12, 3), np.uint8), "segmentation_mask": np.zeros((10, 12, 1), np.uint8)}
+  ] * 4
   dataset = SegmentationData(source=source, class_names=("a", "b"))
   with pytest.raises(ValueError, match="spatial_shape"):
     data.make_pipeline(dataset, global_batch_size=2, shard_index=0, shard_count=1)

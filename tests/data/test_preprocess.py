@@ -11,10 +11,18 @@ RGB = Preprocessing(spatial_dims=2, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3
 
 
 def test_record_survives_json_and_rejects_inconsistent_fields():
-  prep = Preprocessing(spatial_dims=3, channels=1, mean=(0.5,), std=(0.25,), size=(8, 16, 16),
-                       fit_mode="crop_or_pad", spacing=(2.0, 1.0, 1.0),
-                       intensity_range=(-200.0, 300.0))
+  prep = Preprocessing(
+    spatial_dims=3,
+    channels=1,
+    mean=(0.5,),
+    std=(0.25,),
+    size=(8, 16, 16),
+    fit_mode="crop_or_pad",
+    spacing=(2.0, 1.0, 1.0),
+    intensity_range=(-200.0, 300.0),
+  )
   import json
+
   assert Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict()))) == prep
   with pytest.raises(ValueError, match="one value per channel"):
     Preprocessing(spatial_dims=2, channels=3, mean=(0.5,), std=(0.25,))
@@ -26,10 +34,12 @@ def test_record_survives_json_and_rejects_inconsistent_fields():
 
 def test_channels_and_bit_depth_of_the_stored_image():
   grey = np.arange(12, dtype=np.uint8).reshape(3, 4, 1) * 20
-  np.testing.assert_array_equal(preprocess.stored_image(grey, channels=3, bit_depth=8),
-                                np.repeat(grey, 3, axis=-1))
-  np.testing.assert_array_equal(preprocess.stored_image(grey, channels=1, bit_depth=16),
-                                grey.astype(np.uint16) * 257)
+  np.testing.assert_array_equal(
+    preprocess.stored_image(grey, channels=3, bit_depth=8), np.repeat(grey, 3, axis=-1)
+  )
+  np.testing.assert_array_equal(
+    preprocess.stored_image(grey, channels=1, bit_depth=16), grey.astype(np.uint16) * 257
+  )
   with pytest.raises(ValueError, match="has 3 channels; the model takes 1"):
     preprocess.stored_image(np.zeros((3, 4, 3), np.uint8), channels=1, bit_depth=8)
   ramp = np.linspace(1000, 5000, 1000, dtype=np.float32).reshape(20, 50, 1)
@@ -40,8 +50,9 @@ def test_channels_and_bit_depth_of_the_stored_image():
 def test_model_input_is_normalised_and_resized():
   image = np.full((30, 40, 3), 255, np.uint8)
   out = preprocess.model_input(
-      Preprocessing(spatial_dims=2, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
-                    size=(16, 24)), image)
+    Preprocessing(spatial_dims=2, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3, size=(16, 24)),
+    image,
+  )
   assert out.shape == (16, 24, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, (1.0 - 0.5) / 0.25)
   rgba = np.zeros((5, 6, 4), np.uint8)
@@ -64,8 +75,9 @@ def test_2d_probabilities_go_back_to_the_file_size():
 
 
 def test_crop_or_pad_is_undone_with_background_where_it_cropped():
-  prep = Preprocessing(spatial_dims=3, channels=1, mean=(0.5,), std=(0.25,), size=(4, 6, 6),
-                       fit_mode="crop_or_pad")
+  prep = Preprocessing(
+    spatial_dims=3, channels=1, mean=(0.5,), std=(0.25,), size=(4, 6, 6), fit_mode="crop_or_pad"
+  )
   volume = np.random.default_rng(0).normal(size=(6, 6, 4)).astype(np.float32)
   fitted = preprocess.stored_input(prep, volume, (1.0, 1.0, 1.0))
   assert fitted.shape == (4, 6, 6)
@@ -80,8 +92,10 @@ def test_crop_or_pad_is_undone_with_background_where_it_cropped():
 
 
 def test_fixed_intensity_window():
-  prep = Preprocessing(spatial_dims=3, channels=1, mean=(0.0,), std=(1.0,),
-                       intensity_range=(-100.0, 100.0))
+  prep = Preprocessing(
+    spatial_dims=3, channels=1, mean=(0.0,), std=(1.0,), intensity_range=(-100.0, 100.0)
+  )
   volume = np.array([-500.0, -100.0, 0.0, 50.0, 900.0]).reshape(1, 1, 5)
-  np.testing.assert_allclose(preprocess.stored_input(prep, volume).ravel(),
-                             [0.0, 0.0, 0.5, 0.75, 1.0])
+  np.testing.assert_allclose(
+    preprocess.stored_input(prep, volume).ravel(), [0.0, 0.0, 0.5, 0.75, 1.0]
+  )

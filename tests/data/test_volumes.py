@@ -29,17 +29,16 @@ def test_npy_and_nifti_volumes_resized_and_batched(tmp_path):
     write_case(root, "train", f"b{i}")
   write_case(root, "val", "v")
   write_case(root, "test", "t")
-  dataset = data.load("volumes", root=root, num_classes=2, shape=(6, 10, 12),
-                      cache_dir=tmp_path / "c")
+  dataset = data.load(
+    "volumes", root=root, num_classes=2, shape=(6, 10, 12), cache_dir=tmp_path / "c"
+  )
   assert len(dataset) == 6
   example = next(ex for ex in dataset.source if bytes(ex["file_name"]) == b"a.nii.gz")
   np.testing.assert_array_equal(example["segmentation_mask"][..., 0], labels)
   assert example["image"].dtype == np.float32 and 0 <= example["image"].min() <= 1
-  batch = next(iter(data.make_pipeline(dataset, global_batch_size=2, shard_index=0,
-                                       shard_count=1)))
+  batch = next(iter(data.make_pipeline(dataset, global_batch_size=2, shard_index=0, shard_count=1)))
   assert batch["image"].shape == (2, 6, 10, 12, 1) and batch["label"].shape == (2, 6, 10, 12)
-  small = data.load("volumes", root=root, num_classes=2, shape=(3, 5, 6),
-                    cache_dir=tmp_path / "c")
+  small = data.load("volumes", root=root, num_classes=2, shape=(3, 5, 6), cache_dir=tmp_path / "c")
   assert small.source[0]["image"].shape == (3, 5, 6, 1)
 
 
@@ -48,8 +47,15 @@ def test_crop_or_pad_keeps_voxels(tmp_path):
   labels = write_case(root, "train", "a")
   for i in range(4):
     write_case(root, "train", f"b{i}")
-  dataset = data.load("volumes", root=root, num_classes=2, shape=(4, 14, 8),
-                      mode="crop_or_pad", cache_dir=tmp_path / "c", split="train")
+  dataset = data.load(
+    "volumes",
+    root=root,
+    num_classes=2,
+    shape=(4, 14, 8),
+    mode="crop_or_pad",
+    cache_dir=tmp_path / "c",
+    split="train",
+  )
   example = next(ex for ex in dataset.source if bytes(ex["file_name"]) == b"a.npy")
   # Depth 6 -> 4 crops one slice each side; height 10 -> 14 pads 2; width 12 -> 8 crops 2.
   np.testing.assert_array_equal(example["segmentation_mask"][:, 2:12, :, 0], labels[1:5, :, 2:10])
@@ -84,14 +90,24 @@ def test_native_volumes_keep_shape_affine_and_spacing(tmp_path):
     labels = np.zeros(shape, np.uint8)
     labels[1:3, 2:5, 3:6] = 1
     rng = np.random.default_rng(i)
-    _write_nifti(root / "train" / "images" / f"v{i}.nii.gz",
-                 rng.normal(100, 20, shape).astype(np.float32), affine)
+    _write_nifti(
+      root / "train" / "images" / f"v{i}.nii.gz",
+      rng.normal(100, 20, shape).astype(np.float32),
+      affine,
+    )
     _write_nifti(root / "train" / "masks" / f"v{i}.nii.gz", labels, affine)
     affines[f"v{i}.nii.gz"] = (affine, shape, labels)
-  options = dict(root=root, num_classes=2, shape=None, cache_dir=tmp_path / "c",
-                 val_fraction=0.25, test_fraction=0.25)
-  examples = [ex for s in ("train", "val", "test")
-              for ex in data.load("volumes", split=s, **options).source]
+  options = dict(
+    root=root,
+    num_classes=2,
+    shape=None,
+    cache_dir=tmp_path / "c",
+    val_fraction=0.25,
+    test_fraction=0.25,
+  )
+  examples = [
+    ex for s in ("train", "val", "test") for ex in data.load("volumes", split=s, **options).source
+  ]
   assert len(examples) == 4
   for ex in examples:
     affine, shape, labels = affines[ex["file_name"].decode()]
@@ -112,9 +128,18 @@ def test_spacing_resamples_images_linearly_and_labels_by_nearest(tmp_path):
   for i in range(4):
     _write_nifti(root / "train" / "images" / f"v{i}.nii.gz", image, affine)
     _write_nifti(root / "train" / "masks" / f"v{i}.nii.gz", labels, affine)
-  dataset = data.load("volumes", root=root, num_classes=2, shape=None, spacing=(1.0, 1.0, 1.0),
-                      intensity_range=(0.0, 1.0), cache_dir=tmp_path / "c", split="train[:1]",
-                      val_fraction=0.25, test_fraction=0.25)
+  dataset = data.load(
+    "volumes",
+    root=root,
+    num_classes=2,
+    shape=None,
+    spacing=(1.0, 1.0, 1.0),
+    intensity_range=(0.0, 1.0),
+    cache_dir=tmp_path / "c",
+    split="train[:1]",
+    val_fraction=0.25,
+    test_fraction=0.25,
+  )
   (ex,) = list(dataset.source)
   assert ex["image"].shape == (10, 8, 8, 1)  # 5 slices of 2 mm -> 10 of 1 mm
   assert tuple(ex["original_shape"]) == (5, 8, 8)
@@ -125,8 +150,7 @@ def test_spacing_resamples_images_linearly_and_labels_by_nearest(tmp_path):
   assert resampled[:, 4, 4].sum() == 2  # the one 2-mm slice became two 1-mm slices
   # Back to the file's grid, one-hot probabilities give the labels again.
   probs = np.eye(2, dtype=np.float32)[resampled]
-  back = data.preprocess.to_original(dataset.preprocessing, probs, (5, 8, 8),
-                                     tuple(ex["spacing"]))
+  back = data.preprocess.to_original(dataset.preprocessing, probs, (5, 8, 8), tuple(ex["spacing"]))
   np.testing.assert_array_equal(back.argmax(-1), labels)
 
 
@@ -134,8 +158,16 @@ def test_new_volume_prepared_by_preprocessing_matches_the_evaluation_input(tmp_p
   root = tmp_path / "vols"
   for i in range(4):
     write_case(root, "train", f"b{i}", nifti=True)
-  dataset = data.load("volumes", root=root, num_classes=2, shape=(4, 6, 6), split="train",
-                      cache_dir=tmp_path / "c", val_fraction=0.25, test_fraction=0.25)
+  dataset = data.load(
+    "volumes",
+    root=root,
+    num_classes=2,
+    shape=(4, 6, 6),
+    split="train",
+    cache_dir=tmp_path / "c",
+    val_fraction=0.25,
+    test_fraction=0.25,
+  )
   for example in data.eval_examples(dataset):
     volume = data.files.read_volume(root / "train" / "images" / example["name"])
     direct = data.preprocess.model_input(dataset.preprocessing, volume.array, volume.spacing)

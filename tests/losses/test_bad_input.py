@@ -12,8 +12,9 @@ LOGITS = jnp.zeros((2, 4, 4, 3))
 LABELS = jnp.zeros((2, 4, 4), jnp.int32)
 
 
-@pytest.mark.parametrize("name", ["ce", "focal", "dice", "tversky", "generalized_dice",
-                                  "ce+kl", "focal+l1"])
+@pytest.mark.parametrize(
+  "name", ["ce", "focal", "dice", "tversky", "generalized_dice", "ce+kl", "focal+l1"]
+)
 def test_mismatched_shapes_name_both_shapes(name):
   with pytest.raises(ValueError, match=r"\(2, 4, 5\).*\(2, 4, 4, 3\)"):
     jax.jit(make_loss(name))(LOGITS, jnp.zeros((2, 4, 5), jnp.int32))
@@ -57,11 +58,14 @@ def test_unknown_option_lists_valid_options():
     make_loss("ce", weight=0.5)  # a single loss has no second term to weigh
 
 
-@pytest.mark.parametrize("options, match", [
+@pytest.mark.parametrize(
+  "options, match",
+  [
     ({"mode": "softmax"}, "Unknown mode 'softmax'.*multiclass"),
     ({"empty": "drop"}, "Unknown empty 'drop'.*'keep', 'zero'"),
     ({"ignore_index": 2.5}, "ignore_index must be an int"),
-])
+  ],
+)
 def test_bad_option_values(options, match):
   with pytest.raises(ValueError, match=match):
     make_loss("ce+dice", **options)

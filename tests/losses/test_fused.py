@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from regionloss_jax import losses
-from tests.losses.conftest import IGNORE, make_inputs
+from tests.losses.helpers import IGNORE, make_inputs
 
 
 def _plain(term):
@@ -14,16 +14,19 @@ def _plain(term):
 
   def fn(logits, labels, where, temperature):
     kwargs = dict(ignore_index=IGNORE, where=where)
-    return (losses.cross_entropy(logits, labels, **kwargs),
-            region_fn(logits, labels, temperature=temperature, **kwargs))
+    return (
+      losses.cross_entropy(logits, labels, **kwargs),
+      region_fn(logits, labels, temperature=temperature, **kwargs),
+    )
 
   return fn
 
 
 def _fused(term):
   def fn(logits, labels, where, temperature):
-    return losses.ce_with_region(logits, labels, term=term, temperature=temperature,
-                                 ignore_index=IGNORE, where=where)
+    return losses.ce_with_region(
+      logits, labels, term=term, temperature=temperature, ignore_index=IGNORE, where=where
+    )
 
   return fn
 
@@ -37,12 +40,14 @@ def _value_and_grad(fn, logits, labels, where, temperature, weight=0.3):
 
 
 @pytest.mark.parametrize("term", ["l1", "kl", "db"])
-@pytest.mark.parametrize("shape, temperature, use_where", [
-    ((2, 6, 5), 1.0, False), ((3, 7, 4), 10.0, True), ((2, 3, 4, 5), 4.0, False)])
+@pytest.mark.parametrize(
+  "shape, temperature, use_where",
+  [((2, 6, 5), 1.0, False), ((3, 7, 4), 10.0, True), ((2, 3, 4, 5), 4.0, False)],
+)
 def test_fused_equals_plain(term, shape, temperature, use_where):
   logits, labels = make_inputs("multiclass", shape=shape, seed=11)
   labels = labels.at[0, 0].set(9)  # an out-of-range label takes the unchecked path in both
-  where = (jnp.asarray(np.random.default_rng(1).random(shape) > 0.3) if use_where else None)
+  where = jnp.asarray(np.random.default_rng(1).random(shape) > 0.3) if use_where else None
   (v1, (ce1, r1)), g1 = _value_and_grad(_fused(term), logits, labels, where, temperature)
   (v2, (ce2, r2)), g2 = _value_and_grad(_plain(term), logits, labels, where, temperature)
   np.testing.assert_allclose([ce1, r1, v1], [ce2, r2, v2], rtol=2e-6, atol=1e-7)
@@ -51,8 +56,9 @@ def test_fused_equals_plain(term, shape, temperature, use_where):
 
 def test_fused_under_bfloat16_and_traced_temperature():
   logits, labels = make_inputs("multiclass", seed=12)
-  step = jax.jit(jax.grad(lambda x, t: sum(losses.ce_with_region(x, labels, term="kl",
-                                                                 temperature=t))))
+  step = jax.jit(
+    jax.grad(lambda x, t: sum(losses.ce_with_region(x, labels, term="kl", temperature=t)))
+  )
   grad16 = step(logits.astype(jnp.bfloat16), jnp.float32(5.0))
   grad32 = step(logits, jnp.float32(5.0))
   assert grad16.dtype == jnp.bfloat16
@@ -61,6 +67,7 @@ def test_fused_under_bfloat16_and_traced_temperature():
 
 def test_make_loss_uses_the_fused_path_only_where_it_applies():
   from regionloss_jax.losses import fused
+
   assert fused.select(("ce", "kl"), [{"mode": "multiclass"}, {}]) is not None
   assert fused.select(("ce", "kl"), [{"mode": "binary"}, {}]) is None
   assert fused.select(("ce", "kl"), [{"label_smoothing": 0.1}, {}]) is None

@@ -8,8 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regionloss_jax import losses
-from tests.losses.conftest import (IGNORE, NUM_CLASSES, all_configs, ignored_pixels,
-                                   make_inputs, value_and_grad)
+from tests.losses.helpers import (
+  IGNORE,
+  NUM_CLASSES,
+  all_configs,
+  ignored_pixels,
+  make_inputs,
+  value_and_grad,
+)
 
 CONFIGS = all_configs()
 CONFIG_IDS = [f"{name}-{mode}" for name, mode in CONFIGS]
@@ -41,16 +47,24 @@ def test_ignored_pixels_get_no_gradient_and_all_ignored_gives_zero_gradient(name
 
 @pytest.mark.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS)
 def test_saturated_logits_give_finite_values_and_gradients(name, mode):
-  step = value_and_grad(name, mode, **({"temperature": 10.0} if "+" in name and
-                                       name.split("+")[1] in ("l1", "kl", "db") else {}))
+  step = value_and_grad(
+    name,
+    mode,
+    **({"temperature": 10.0} if "+" in name and name.split("+")[1] in ("l1", "kl", "db") else {}),
+  )
   logits, labels = make_inputs(mode, seed=2)
   for scale in (1e4, -1e4):
     out = step(logits * scale, labels)
     assert _finite(out), f"scale {scale}"
   # All-foreground and all-background images: the 0 * log 0 cases of the Bernoulli KL.
   for fill in (0, 1):
-    filled = jnp.where(ignored_pixels(labels, mode)[..., None] if mode == "multilabel"
-                       else ignored_pixels(labels, mode), labels, fill)
+    filled = jnp.where(
+      ignored_pixels(labels, mode)[..., None]
+      if mode == "multilabel"
+      else ignored_pixels(labels, mode),
+      labels,
+      fill,
+    )
     assert _finite(step(logits * 1e4, filled)), f"labels all {fill}"
 
 
@@ -98,8 +112,9 @@ def test_perfect_prediction_minimises_the_loss(name, mode):
       assert abs(float(value)) < 1e-4, term_name
 
 
-@pytest.mark.parametrize("name", ["dice", "tversky", "generalized_dice", "ce+l1", "ce+kl",
-                                  "ce+db", "focal+kl"])
+@pytest.mark.parametrize(
+  "name", ["dice", "tversky", "generalized_dice", "ce+l1", "ce+kl", "ce+db", "focal+kl"]
+)
 def test_vmap_over_images_equals_the_loop(name):
   fn = losses.make_loss(name, mode="multiclass", ignore_index=IGNORE)
   logits, labels = make_inputs("multiclass", shape=(4, 6, 5), seed=6)
@@ -112,10 +127,15 @@ def test_vmap_over_images_equals_the_loop(name):
   np.testing.assert_allclose(mapped, looped, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("dice", {"batch": False}), ("dice", {"batch": False, "log": True}),
-    ("generalized_dice", {"batch": False}), ("tversky", {"batch": False}),
-])
+@pytest.mark.parametrize(
+  "name, options",
+  [
+    ("dice", {"batch": False}),
+    ("dice", {"batch": False, "log": True}),
+    ("generalized_dice", {"batch": False}),
+    ("tversky", {"batch": False}),
+  ],
+)
 def test_per_image_losses_average_over_images(name, options):
   fn = losses.make_loss(name, mode="multiclass", **options)
   logits, labels = make_inputs("multiclass", shape=(4, 6, 5), seed=7, ignore_fraction=0.0)
@@ -128,25 +148,30 @@ def test_region_terms_are_means_over_images(term):
   fn = getattr(losses, f"region_{term}_loss")
   logits, labels = make_inputs("multiclass", shape=(4, 6, 5), seed=8)
   per_image = jax.vmap(lambda x, y: fn(x[None], y[None], ignore_index=IGNORE))(logits, labels)
-  np.testing.assert_allclose(fn(logits, labels, ignore_index=IGNORE), jnp.mean(per_image),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    fn(logits, labels, ignore_index=IGNORE), jnp.mean(per_image), rtol=1e-6
+  )
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.1, 20.0),
-       mode=st.sampled_from(["multiclass", "binary"]))
+@given(
+  seed=st.integers(0, 2**31 - 1),
+  scale=st.floats(0.1, 20.0),
+  mode=st.sampled_from(["multiclass", "binary"]),
+)
 def test_log_dice_identity_and_ce_bound(seed, scale, mode):
   logits, labels = make_inputs(mode, seed=seed, scale=scale)
   parts = losses.log_dice_decomposition(logits, labels, mode=mode, ignore_index=IGNORE)
-  np.testing.assert_allclose(parts["log_dice"], parts["matching"] + parts["size"] - np.log(2),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    parts["log_dice"], parts["matching"] + parts["size"] - np.log(2), rtol=1e-5, atol=1e-5
+  )
   if mode == "multiclass":
     bound = losses.cross_entropy_decomposition(logits, labels, ignore_index=IGNORE)
     assert bool(jnp.all(bound["ce"] >= bound["matching"] + bound["size"] - 1e-5))
     assert bool(jnp.all(bound["matching"] >= -1e-6))
     # Per image, CE summed over classes is the image's CE.
     for i in range(logits.shape[0]):
-      expected = losses.cross_entropy(logits[i:i + 1], labels[i:i + 1], ignore_index=IGNORE)
+      expected = losses.cross_entropy(logits[i : i + 1], labels[i : i + 1], ignore_index=IGNORE)
       np.testing.assert_allclose(jnp.sum(bound["ce"][i]), expected, rtol=1e-5)
 
 
@@ -156,5 +181,6 @@ def test_ce_bound_is_tight_for_constant_predictions():
   logits = jnp.broadcast_to(jnp.array([0.3, -1.0, 2.0]), labels.shape + (3,))
   bound = losses.cross_entropy_decomposition(logits, labels)
   np.testing.assert_allclose(bound["ce"], bound["matching"] + bound["size"], rtol=1e-6)
-  np.testing.assert_allclose(jnp.sum(bound["size"]),
-                             losses.region_kl_loss(logits, labels), rtol=1e-5)
+  np.testing.assert_allclose(
+    jnp.sum(bound["size"]), losses.region_kl_loss(logits, labels), rtol=1e-5
+  )

@@ -43,8 +43,10 @@ def _case_outputs(case_index):
 
 
 @pytest.mark.parametrize(
-    "entry", [pytest.param(e, marks=pytest.mark.xdist_group(e[0]["case"])) for e in ENTRIES],
-    ids=[_entry_id(e) for e in ENTRIES])
+  "entry",
+  [pytest.param(e, marks=pytest.mark.xdist_group(e[0]["case"])) for e in ENTRIES],
+  ids=[_entry_id(e) for e in ENTRIES],
+)
 def test_value_and_gradient_match_reference(entry):
   case, result = entry
   case_index = _CASES.index(case)

@@ -12,7 +12,8 @@ import json
 import jax
 import numpy as np
 
-from train import optim, parallel, step as step_lib
+from train import optim, parallel
+from train import step as step_lib
 from train.configs import default
 
 
@@ -24,9 +25,13 @@ def _config():
 
 def _batches(count: int, batch: int):
   rng = np.random.default_rng(0)
-  return [{"image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32),
-           "label": rng.integers(0, 5, (batch, 32, 32)).astype(np.int32)}
-          for _ in range(count)]
+  return [
+    {
+      "image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32),
+      "label": rng.integers(0, 5, (batch, 32, 32)).astype(np.int32),
+    }
+    for _ in range(count)
+  ]
 
 
 def run(placement: str) -> dict:
@@ -37,12 +42,12 @@ def run(placement: str) -> dict:
   mesh = parallel.make_mesh()
   shardings, split = None, 0
   if placement != "single":
-    shardings = parallel.step_shardings(state, mesh, shard_params=placement == "fsdp",
-                                        min_size=0)
+    shardings = parallel.step_shardings(state, mesh, shard_params=placement == "fsdp", min_size=0)
     state = parallel.put_state(state, shardings.state)
-    split = sum(s.spec != jax.sharding.PartitionSpec()
-                for s in jax.tree.leaves(shardings.state.params))
-  train_step = step_lib.make_train_step(config, graphdef, optimizer, shardings)
+    split = sum(
+      s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings.state.params)
+    )
+  train_step = step_lib.make_train_step(config, graphdef, optimizer, shardings, ignore_index=255)
   losses = []
   for batch in _batches(3, batch=8):
     if shardings is not None:
@@ -50,8 +55,7 @@ def run(placement: str) -> dict:
     state, metrics = train_step(state, batch)
     losses.append(float(metrics["loss"]))
   params = [np.asarray(leaf).ravel().tolist() for leaf in jax.tree.leaves(state.params)]
-  return {"losses": losses, "params": params, "split_leaves": split,
-          "devices": jax.device_count()}
+  return {"losses": losses, "params": params, "split_leaves": split, "devices": jax.device_count()}
 
 
 if __name__ == "__main__":

@@ -7,25 +7,31 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.train.conftest import make_tiny
+from tests.train.helpers import make_tiny
 from train import compare, datasets, loop
 from train.configs import compare as compare_config
 
 
-@pytest.mark.parametrize("spec, expected", [
+@pytest.mark.parametrize(
+  "spec, expected",
+  [
     ("ce", ("ce", {})),
     ("ce+logdice", ("ce+dice", {"log": True})),
     ("ce+kl(temperature=10, weight=0.5)", ("ce+kl", {"temperature": 10, "weight": 0.5})),
     ("dice(squared=True)", ("dice", {"squared": True})),
-])
+  ],
+)
 def test_parse_loss(spec, expected):
   assert compare.parse_loss(spec) == expected
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     ("ce+kl(temperature=hot)", "Python literal"),
     ("ce kl", "cannot parse"),
-])
+  ],
+)
 def test_parse_loss_errors(spec, message):
   with pytest.raises(ValueError, match=message):
     compare.parse_loss(spec)
@@ -41,7 +47,8 @@ def test_tuning_grid_follows_the_term():
   tune = compare_config.get_config().tune
   assert len(compare.tuning_grid("ce+kl", tune)) == 6  # 3 weights x 2 temperatures
   assert compare.tuning_grid("ce+dice", tune) == [
-      {"weight": w, "temperature": None} for w in (0.1, 1.0, 10.0)]
+    {"weight": w, "temperature": None} for w in (0.1, 1.0, 10.0)
+  ]
   assert compare.tuning_grid("ce", tune) == []
   assert compare.tuning_grid("ce+l1(weight=1.0,temperature=10.0)", tune) == []
   assert {"weight": 1.0, "temperature": 10.0} in compare.tuning_grid("ce+l1", tune)
@@ -74,8 +81,7 @@ def test_tuning_never_opens_the_test_split(tmp_path, cache_dir, monkeypatch):
   assert set(opened) == {"train", "validation"}
   (points,) = [t["grid"] for t in tuned.values()]
   assert [p["weight"] for p in points] == [0.1, 1.0]
-  summaries = [json.loads(open(os.path.join(p["workdir"], "summary.json")).read())
-               for p in points]
+  summaries = [json.loads(open(os.path.join(p["workdir"], "summary.json")).read()) for p in points]
   assert all(set(s) == {"validation"} for s in summaries)
   assert [s["validation"]["dice"] for s in summaries] == [p["val_dice"] for p in points]
   best = max(points, key=lambda p: p["val_dice"])
@@ -94,28 +100,47 @@ def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
   chosen = report["tuning"]["ce+l1"]["chosen"]
   assert report["losses"]["ce+l1"]["setting"] == chosen
   for row in report["losses"].values():
-    assert {"dice", "dice_std", "iou", "hd95", "detection_rate", "ece", "proportion_mae",
-            "proportion_bias", "per_class", "runs"} <= set(row)
+    assert {
+      "dice",
+      "dice_std",
+      "iou",
+      "hd95",
+      "detection_rate",
+      "ece",
+      "proportion_mae",
+      "proportion_bias",
+      "per_class",
+      "runs",
+    } <= set(row)
     assert len(row["runs"]) == 2
-    summaries = [json.loads(open(os.path.join(r["workdir"], "summary.json")).read())["test"]
-                 for r in row["runs"]]
+    summaries = [
+      json.loads(open(os.path.join(r["workdir"], "summary.json")).read())["test"]
+      for r in row["runs"]
+    ]
     assert row["dice"] == pytest.approx(np.mean([s["dice"] for s in summaries]))
     assert row["per_class"]["organ"]["dice"] == pytest.approx(
-        np.mean([s["per_class"]["organ"]["dice"] for s in summaries]))
-  config = json.loads(open(os.path.join(report["losses"]["ce+l1"]["runs"][0]["workdir"],
-                                        "config.json")).read())
+      np.mean([s["per_class"]["organ"]["dice"] for s in summaries])
+    )
+  config = json.loads(
+    open(os.path.join(report["losses"]["ce+l1"]["runs"][0]["workdir"], "config.json")).read()
+  )
   assert (config["loss"]["weight"], config["loss"]["temperature"]) == (
-      chosen["weight"], chosen["temperature"])
+    chosen["weight"],
+    chosen["temperature"],
+  )
 
   # The paired comparison recomputed from the per-image files.
   vs_ce = report["losses"]["ce+l1"]["vs_ce"]
   assert {"dice_diff", "ci95", "p_value", "n", "p_holm", "per_class"} <= set(vs_ce)
+
   def per_image(label, seed):
     run = report["losses"][label]["runs"][seed]["workdir"]
     data = np.load(os.path.join(run, "test_per_image.npz"))
     dice = np.where(data["present"], data["dice"], np.nan)[:, 1:]
-    return np.nanmean(np.where(np.isnan(dice).all(1, keepdims=True), 0, dice), axis=1), \
-        data["present"][:, 1:].any(1)
+    return np.nanmean(np.where(np.isnan(dice).all(1, keepdims=True), 0, dice), axis=1), data[
+      "present"
+    ][:, 1:].any(1)
+
   diffs, keep = [], None
   for seed in range(2):
     (ours, has), (ref, _) = per_image("ce+l1", seed), per_image("ce", seed)

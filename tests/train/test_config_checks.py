@@ -2,7 +2,7 @@
 
 import pytest
 
-from train import config_checks, optim
+from train import build, config_checks, optim
 from train.configs import (
   base,
   binary,
@@ -32,7 +32,9 @@ def test_colin27_study_base_passes_the_checks():
   assert config.data.class_names[-1] == "amygdala"
 
 
-@pytest.mark.parametrize("field, value, expected", [
+@pytest.mark.parametrize(
+  "field, value, expected",
+  [
     ("loss.name", "ce+dicee", "ce+kl"),
     ("data.name", "imagenet", "oxford_iiit_pet"),
     ("optimizer.name", "lamb", "adamw"),
@@ -48,7 +50,8 @@ def test_colin27_study_base_passes_the_checks():
     ("data.spacing", (1.0, 1.0, 1.0), "is for 3-D volumes"),
     ("inference.overlap", 1.0, "must be in [0, 1)"),
     ("inference.blend", "median", "gaussian, constant"),
-])
+  ],
+)
 def test_bad_values_are_named_with_their_choices(field, value, expected):
   config = default.get_config()
   section, _, name = field.rpartition(".")
@@ -65,8 +68,11 @@ def test_native_resolution_needs_patches():
   config = folder.get_config()
   config.data.dir, config.data.num_classes = "/data", 3
   config.data.patch_size = None
-  with pytest.raises(ValueError, match=r"image_size=\(\) keeps every image at its own size.*"
-                                       r"set config.data.patch_size"):
+  with pytest.raises(
+    ValueError,
+    match=r"image_size=\(\) keeps every image at its own size.*"
+    r"set config.data.patch_size",
+  ):
     config_checks.check_config(config)
   config.data.image_size = (100, 100)  # resized whole images: the window is the image
   with pytest.raises(ValueError, match="divisible by 2"):
@@ -83,7 +89,7 @@ def test_class_names_reach_the_folder_dataset_and_are_counted():
     config_checks.check_config(config)
   config.data.class_names = ("background", "cortex", "thalamus")
   config_checks.check_config(config)
-  assert config_checks.data_options(config)["class_names"] == config.data.class_names
+  assert build.data_options(config)["class_names"] == config.data.class_names
 
 
 def test_volume_spacing_and_window_are_checked():
@@ -98,7 +104,7 @@ def test_volume_spacing_and_window_are_checked():
     config_checks.check_config(config)
   config.data.intensity_range = (-200.0, 300.0)
   config_checks.check_config(config)
-  assert config_checks.data_options(config)["spacing"] == (2.0, 0.8, 0.8)
+  assert build.data_options(config)["spacing"] == (2.0, 0.8, 0.8)
 
 
 def test_loss_option_that_the_loss_does_not_take():
@@ -123,21 +129,6 @@ def test_binary_mode_with_many_classes():
     config_checks.check_num_classes(config, 5)
 
 
-def test_loss_options_take_the_reference_settings_where_unset():
-  config = default.get_config()
-  # ce+kl: the authors' published CE+L1 setting, weight 1 and temperature 10.
-  assert config_checks.loss_options(config) == {
-      "mode": "multiclass", "ignore_index": 255, "weight": 1.0, "temperature": 10.0}
-  config.loss.update(weight=0.1, temperature=2.0)
-  assert config_checks.loss_options(config) == {
-      "mode": "multiclass", "ignore_index": 255, "weight": 0.1, "temperature": 2.0}
-  config.loss.update(name="ce+dice", weight=None, temperature=None)
-  assert config_checks.loss_options(config) == {  # nnU-Net / MONAI DiceCE: 1:1
-      "mode": "multiclass", "ignore_index": 255, "weight": 1.0}
-  config.loss.name = "ce"
-  assert "weight" not in config_checks.loss_options(config)
-
-
 def test_schedules_reach_their_targets():
   config = base.get_config()
   config.train.steps, config.optimizer.warmup_steps = 100, 10
@@ -157,7 +148,16 @@ def test_value_map_pairs_become_the_loaders_mapping():
   config = folder.get_config()
   config.data.dir, config.data.num_classes = "/data", 2
   config.data.value_map = ((0, 0), (255, 1))
-  assert config_checks.data_options(config)["value_map"] == {0: 0, 255: 1}
+  assert build.data_options(config)["value_map"] == {0: 0, 255: 1}
   config.data.value_map = (0, 255)
   with pytest.raises(ValueError, match=r"must be \(raw value, class id\) pairs"):
     config_checks.check_config(config)
+
+
+def test_a_loss_ignore_index_other_than_the_datasets_is_an_error():
+  config = default.get_config()
+  config_checks.check_ignore_index(config, 7)  # unset: the dataset's value
+  config.loss.ignore_index = 7
+  config_checks.check_ignore_index(config, 7)  # restating it (older runs' configs) is fine
+  with pytest.raises(ValueError, match=r"loss.ignore_index=7 differs .* 255"):
+    config_checks.check_ignore_index(config, 255)

@@ -11,14 +11,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.train.conftest import REPO
+from tests.train.helpers import REPO
 
-SIZES = [(36, 52), (44, 40), (28, 60), (40, 33), (52, 47), (31, 38), (45, 45), (33, 57),
-         (48, 29), (38, 50)]
-TINY = {"data.num_threads": 1, "model.depth": 2, "model.features": 4, "train.batch_size": 4,
-        "train.eval_batch_size": 4, "train.steps": 6, "train.eval_every": 3,
-        "train.checkpoint_every": 3, "train.log_every": 2, "train.num_overlays": 2,
-        "optimizer.warmup_steps": 2}
+SIZES = [
+  (36, 52),
+  (44, 40),
+  (28, 60),
+  (40, 33),
+  (52, 47),
+  (31, 38),
+  (45, 45),
+  (33, 57),
+  (48, 29),
+  (38, 50),
+]
+TINY = {
+  "data.num_threads": 1,
+  "model.depth": 2,
+  "model.features": 4,
+  "train.batch_size": 4,
+  "train.eval_batch_size": 4,
+  "train.steps": 6,
+  "train.eval_every": 3,
+  "train.checkpoint_every": 3,
+  "train.log_every": 2,
+  "train.num_overlays": 2,
+  "optimizer.warmup_steps": 2,
+}
 
 
 def _run(module, *args, check=True):
@@ -36,7 +55,7 @@ def _flags(fields: dict) -> list[str]:
 def _grey_case(rng, h, w):
   mask = np.zeros((h, w), np.uint8)
   top, left = rng.integers(2, h // 2), rng.integers(2, w // 2)
-  mask[top:top + h // 3, left:left + w // 3] = 1
+  mask[top : top + h // 3, left : left + w // 3] = 1
   mask[h - 4, w - 6] = 2  # a one-pixel structure
   image = (60 + 80 * mask + rng.integers(0, 30, (h, w))).astype(np.uint8)
   return image, mask
@@ -54,9 +73,21 @@ def folder_run(tmp_path_factory, cache_dir):
         (root / split / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(root / split / sub / f"{split}{i}.png")
   workdir = root.parent / "run"
-  _run("train", "--config=train/configs/folder.py", f"--workdir={workdir}", *_flags({
-      **TINY, "data.dir": root, "data.num_classes": 3, "data.image_size": "()",
-      "data.patch_size": (16, 16), "data.cache_dir": cache_dir}))
+  _run(
+    "train",
+    "--config=train/configs/folder.py",
+    f"--workdir={workdir}",
+    *_flags(
+      {
+        **TINY,
+        "data.dir": root,
+        "data.num_classes": 3,
+        "data.image_size": "()",
+        "data.patch_size": (16, 16),
+        "data.cache_dir": cache_dir,
+      }
+    ),
+  )
   return root, workdir
 
 
@@ -108,14 +139,21 @@ def test_predict_writes_every_readable_input_and_names_every_bad_one(folder_run,
   (inputs / "notes.txt").write_text("not an input")
   out = tmp_path / "masks"
 
-  result = _run("train.predict", f"--workdir={workdir}", f"--input={inputs}", f"--out={out}",
-                "--save_probabilities", check=False)
+  result = _run(
+    "train.predict",
+    f"--workdir={workdir}",
+    f"--input={inputs}",
+    f"--out={out}",
+    "--save_probabilities",
+    check=False,
+  )
   assert result.returncode == 1
   message = result.stderr.strip().splitlines()
   assert "5 mask(s) written" in result.stderr and "3 input(s) failed" in result.stderr
   assert any("broken.png" in line and "UnidentifiedImageError" in line for line in message)
-  assert any("colour.png" in line and "has 3 channels; the model takes 1" in line
-             for line in message)
+  assert any(
+    "colour.png" in line and "has 3 channels; the model takes 1" in line for line in message
+  )
   assert any("notes.txt: not a image file" in line for line in message)
   assert "Traceback" not in result.stderr
   for name, shape in (("wide", (61, 23)), ("sixteen", (61, 23)), ("array", (19, 70))):
@@ -127,11 +165,19 @@ def test_predict_writes_every_readable_input_and_names_every_bad_one(folder_run,
     np.testing.assert_array_equal(probs.argmax(-1), mask)
   _run("train.evaluate", f"--workdir={workdir}", f"--out={tmp_path / 'evaluated'}")
   for name in ("test0", "test1"):
-    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}.png")),
-                                  np.asarray(Image.open(tmp_path / "evaluated" / f"{name}.png")))
+    np.testing.assert_array_equal(
+      np.asarray(Image.open(out / f"{name}.png")),
+      np.asarray(Image.open(tmp_path / "evaluated" / f"{name}.png")),
+    )
 
-  mirrored = _run("train.predict", f"--workdir={workdir}", f"--input={inputs / 'wide.png'}",
-                  f"--out={tmp_path / 'tta'}", "--tta", "--checkpoint=latest")
+  mirrored = _run(
+    "train.predict",
+    f"--workdir={workdir}",
+    f"--input={inputs / 'wide.png'}",
+    f"--out={tmp_path / 'tta'}",
+    "--tta",
+    "--checkpoint=latest",
+  )
   assert "1 mask(s) written" in mirrored.stdout
   assert np.asarray(Image.open(tmp_path / "tta" / "wide.png")).shape == (61, 23)
 
@@ -143,8 +189,9 @@ def test_predict_refuses_to_overwrite_its_inputs(folder_run, tmp_path):
   image = np.full((20, 24), 100, np.uint8)
   Image.fromarray(image).save(inputs / "a.png")
   np.save(inputs / "a.npy", image)
-  result = _run("train.predict", f"--workdir={workdir}", f"--input={inputs}",
-                f"--out={inputs}", check=False)
+  result = _run(
+    "train.predict", f"--workdir={workdir}", f"--input={inputs}", f"--out={inputs}", check=False
+  )
   assert result.returncode == 1
   assert "nothing was written" in result.stderr and "would overwrite an input" in result.stderr
   assert np.array_equal(np.asarray(Image.open(inputs / "a.png")), image)
@@ -160,8 +207,16 @@ def _nifti(path, array_dhw, affine, description=b""):
 def test_volumes_at_their_own_spacing_come_back_on_their_own_grid(tmp_path, cache_dir):
   root = tmp_path / "vols"
   rng = np.random.default_rng(1)
-  shapes = [(6, 14, 12), (7, 12, 13), (5, 13, 14), (6, 12, 12), (7, 14, 13), (6, 13, 12),
-            (5, 12, 15), (6, 14, 14)]
+  shapes = [
+    (6, 14, 12),
+    (7, 12, 13),
+    (5, 13, 14),
+    (6, 12, 12),
+    (7, 14, 13),
+    (6, 13, 12),
+    (5, 12, 15),
+    (6, 14, 14),
+  ]
   for i, shape in enumerate(shapes):
     split = "train" if i < 5 else ("val" if i < 6 else "test")
     affine = np.diag([0.9, 0.9, 2.0, 1.0])  # 2 mm slices
@@ -172,11 +227,26 @@ def test_volumes_at_their_own_spacing_come_back_on_their_own_grid(tmp_path, cach
     _nifti(root / split / "images" / f"case{i}.nii.gz", image, affine)
     _nifti(root / split / "masks" / f"case{i}.nii.gz", labels, affine)
   workdir = tmp_path / "run"
-  _run("train", "--config=train/configs/volumes3d.py", f"--workdir={workdir}", *_flags({
-      **TINY, "model.features": 2, "model.max_features": 8, "train.batch_size": 2,
-      "train.eval_batch_size": 2, "data.dir": root, "data.num_classes": 2,
-      "data.image_size": "()", "data.patch_size": (8, 8, 8), "data.spacing": (1.0, 1.0, 1.0),
-      "data.cache_dir": cache_dir}))
+  _run(
+    "train",
+    "--config=train/configs/volumes3d.py",
+    f"--workdir={workdir}",
+    *_flags(
+      {
+        **TINY,
+        "model.features": 2,
+        "model.max_features": 8,
+        "train.batch_size": 2,
+        "train.eval_batch_size": 2,
+        "data.dir": root,
+        "data.num_classes": 2,
+        "data.image_size": "()",
+        "data.patch_size": (8, 8, 8),
+        "data.spacing": (1.0, 1.0, 1.0),
+        "data.cache_dir": cache_dir,
+      }
+    ),
+  )
   inference = json.loads((workdir / "inference.json").read_text())
   assert inference["preprocessing"]["spacing"] == [1.0, 1.0, 1.0]
 
@@ -190,8 +260,13 @@ def test_volumes_at_their_own_spacing_come_back_on_their_own_grid(tmp_path, cach
   affine = np.diag([0.9, 0.9, 2.0, 1.0])
   affine[:3, 3] = [1.0, 2.0, 3.0]
   _nifti(new, rng.normal(0, 1, (9, 17, 11)).astype(np.float32), affine, b"a new scan")
-  _run("train.predict", f"--workdir={workdir}", f"--input={new}", f"--out={tmp_path / 'out'}",
-       "--save_probabilities")
+  _run(
+    "train.predict",
+    f"--workdir={workdir}",
+    f"--input={new}",
+    f"--out={tmp_path / 'out'}",
+    "--save_probabilities",
+  )
   mask = nibabel.load(tmp_path / "out" / "scan.nii.gz")
   assert mask.shape == (11, 17, 9) and mask.get_data_dtype() == np.uint8
   np.testing.assert_allclose(mask.affine, affine)

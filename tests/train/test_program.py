@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,12 +12,19 @@ import time
 import numpy as np
 import pytest
 
-from tests.train.conftest import REPO, SHARES_TINY_RUN, run_program, tiny_flags
+from tests.train.helpers import REPO, SHARES_TINY_RUN, run_program, tiny_flags
 from train.loop import flatten_summary
 
-
-SUMMARY_KEYS = {"dice", "iou", "hd95", "precision", "recall", "proportion_mae",
-                "proportion_bias", "per_class"}
+SUMMARY_KEYS = {
+  "dice",
+  "iou",
+  "hd95",
+  "precision",
+  "recall",
+  "proportion_mae",
+  "proportion_bias",
+  "per_class",
+}
 
 
 def _records(workdir):
@@ -33,8 +41,9 @@ def test_summary_dice_is_the_mean_over_the_images_holding_the_class(finished_tin
   summary = json.loads((finished_tiny_run / "summary.json").read_text())["test"]
   per_image = np.load(finished_tiny_run / "test_per_image.npz")
   names = list(summary["per_class"])
-  assert per_image["dice"].shape == per_image["present"].shape == (summary["num_images"],
-                                                                    len(names))
+  assert (
+    per_image["dice"].shape == per_image["present"].shape == (summary["num_images"], len(names))
+  )
   for k, name in enumerate(names):
     present = per_image["present"][:, k]
     expected = per_image["dice"][present, k].mean() if present.any() else None
@@ -57,8 +66,9 @@ def test_few_step_run_writes_every_output(tmp_path, cache_dir, finished_tiny_run
   records = _records(workdir)
   train = [r for r in records if r["split"] == "train"]
   assert [r["step"] for r in train] == [2, 4, 6]
-  assert {"loss", "term/ce", "term/kl", "grad_norm", "learning_rate",
-          "loss_weight"} <= set(train[0])
+  assert {"loss", "term/ce", "term/kl", "grad_norm", "learning_rate", "loss_weight"} <= set(
+    train[0]
+  )
   assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
   assert [r["step"] for r in records if r["split"] == "test"] == [6]
   assert "dice/organ" in records[-1]
@@ -69,27 +79,44 @@ def test_few_step_run_writes_every_output(tmp_path, cache_dir, finished_tiny_run
   assert "test metrics" in again.stdout
   assert _records(workdir) == records
 
-  evaluated = subprocess.run([sys.executable, "-m", "train.evaluate", f"--workdir={workdir}"],
-                             cwd=REPO, capture_output=True, text=True, timeout=600)
+  evaluated = subprocess.run(
+    [sys.executable, "-m", "train.evaluate", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   predictions = workdir / "predictions" / "test"
   assert len(list(predictions.glob("*.png"))) == 16
   assert json.loads((predictions / "summary.json").read_text())["dice"] == pytest.approx(
-      summary["test"]["dice"])
+    summary["test"]["dice"]
+  )
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
   # Patch training (random positions, foreground oversampling) and sliding-window
   # evaluation: the data iterator's state must carry the patch stream across the kill.
-  overrides = {"train.steps": 120, "train.checkpoint_every": 10, "train.eval_every": 60,
-               "train.log_every": 10, "data.patch_size": (16, 16)}
+  overrides = {
+    "train.steps": 120,
+    "train.checkpoint_every": 10,
+    "train.eval_every": 60,
+    "train.log_every": 10,
+    "data.patch_size": (16, 16),
+  }
   run_program(tmp_path / "straight", cache_dir, **overrides)
 
   workdir = tmp_path / "killed"
-  command = [sys.executable, "-m", "train", f"--workdir={workdir}",
-             *tiny_flags(cache_dir, **overrides)]
-  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  command = [
+    sys.executable,
+    "-m",
+    "train",
+    f"--workdir={workdir}",
+    *tiny_flags(cache_dir, **overrides),
+  ]
+  process = subprocess.Popen(
+    command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while not (workdir / "checkpoints" / "10").exists():
     assert process.poll() is None and time.time() < deadline, "run ended before step 10"
@@ -116,41 +143,62 @@ def test_unknown_config_field_is_one_line_naming_it(tmp_path, cache_dir):
   result = run_program(tmp_path / "typo", cache_dir, "--config.train.bach_size=3", check=False)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [
-      "error: --config.train.bach_size: the config has no field 'train.bach_size' (did you "
-      "mean \"batch_size\"?); every field is listed in train/configs/base.py."]
+    "error: --config.train.bach_size: the config has no field 'train.bach_size' (did you "
+    'mean "batch_size"?); every field is listed in train/configs/base.py.'
+  ]
 
 
 def test_out_of_memory_names_the_fields_to_lower(tmp_path, cache_dir):
   # A real allocation failure: the second convolution's kernel would need about 1.2 TB.
-  result = run_program(tmp_path / "oom", cache_dir, check=False,
-                       **{"model.features": 2**17})
+  result = run_program(tmp_path / "oom", cache_dir, check=False, **{"model.features": 2**17})
   assert result.returncode == 1
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith("error: out of memory") and "RESOURCE_EXHAUSTED" in message
-  for field in ("train.batch_size (now 4)", "data.image_size (now (32, 32))",
-                "model.features (now 131072)", "precision='bfloat16'"):
+  for field in (
+    "train.batch_size (now 4)",
+    "data.image_size (now (32, 32))",
+    "model.features (now 131072)",
+    "precision='bfloat16'",
+  ):
     assert field in message
   assert "Traceback" not in result.stderr
 
 
 def test_workdir_with_another_config_is_refused(tmp_path, cache_dir):
   workdir = tmp_path / "run"
-  run_program(workdir, cache_dir, **{"train.steps": 2, "train.eval_every": 2,
-                                     "train.checkpoint_every": 2})
-  result = run_program(workdir, cache_dir, check=False, **{"train.steps": 2,
-                                                           "train.eval_every": 2,
-                                                           "train.checkpoint_every": 2,
-                                                           "optimizer.learning_rate": 0.1})
+  run_program(
+    workdir, cache_dir, **{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2}
+  )
+  result = run_program(
+    workdir,
+    cache_dir,
+    check=False,
+    **{
+      "train.steps": 2,
+      "train.eval_every": 2,
+      "train.checkpoint_every": 2,
+      "optimizer.learning_rate": 0.1,
+    },
+  )
   assert result.returncode != 0
   assert "optimizer.learning_rate" in result.stderr and "--overwrite" in result.stderr
 
 
 def test_diverging_learning_rate_stops_with_a_clear_message(tmp_path, cache_dir):
   workdir = tmp_path / "diverged"
-  result = run_program(workdir, cache_dir, check=False, **{
-      "optimizer.learning_rate": 1e30, "optimizer.grad_clip_norm": 0.0,
-      "train.max_nonfinite_steps": 3, "train.steps": 40, "train.checkpoint_every": 2,
-      "train.eval_every": 40})
+  result = run_program(
+    workdir,
+    cache_dir,
+    check=False,
+    **{
+      "optimizer.learning_rate": 1e30,
+      "optimizer.grad_clip_norm": 0.0,
+      "train.max_nonfinite_steps": 3,
+      "train.steps": 40,
+      "train.checkpoint_every": 2,
+      "train.eval_every": 40,
+    },
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   assert "non-finite loss or gradient for 3 consecutive steps" in result.stderr
   assert "last good checkpoint is step" in result.stderr
@@ -160,14 +208,16 @@ def test_diverging_learning_rate_stops_with_a_clear_message(tmp_path, cache_dir)
 
 
 @SHARES_TINY_RUN
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir,
-                                                                     finished_tiny_run):
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
+  tmp_path, cache_dir, finished_tiny_run
+):
   workdir = tmp_path / "run"
   shutil.copytree(finished_tiny_run, workdir)
   finished = json.loads((workdir / "summary.json").read_text())["test"]
   (workdir / "summary.json").unlink()  # as if the run had been killed after its last save
-  data_files = sorted((workdir / "checkpoints" / "6").glob("state/ocdbt.process_0/d/*"),
-                      key=os.path.getsize)
+  data_files = sorted(
+    (workdir / "checkpoints" / "6").glob("state/ocdbt.process_0/d/*"), key=os.path.getsize
+  )
   with open(data_files[-1], "r+b") as f:  # cut the largest array file in half
     f.truncate(os.path.getsize(data_files[-1]) // 2)
 
@@ -179,6 +229,36 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   resumed, finished = flatten_summary(resumed), flatten_summary(finished)
   # A class absent from every test image has no Dice (None) in both runs.
   assert {k for k, v in resumed.items() if v is None} == {
-      k for k, v in finished.items() if v is None}
+    k for k, v in finished.items() if v is None
+  }
   assert {k: v for k, v in resumed.items() if v is not None} == pytest.approx(
-      {k: v for k, v in finished.items() if v is not None}, rel=1e-6)
+    {k: v for k, v in finished.items() if v is not None}, rel=1e-6
+  )
+
+
+ABSL_INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+
+
+@SHARES_TINY_RUN
+def test_the_console_shows_results_and_the_workdir_log_the_rest(
+  tmp_path, cache_dir, finished_tiny_run
+):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_tiny_run, workdir)
+  (workdir / "log.txt").unlink()
+  again = run_program(workdir, cache_dir)  # finished: opens every split, reports, exits
+  evaluated = subprocess.run(
+    [sys.executable, "-m", "train.evaluate", f"--workdir={workdir}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "test metrics" in again.stdout and '"dice"' in evaluated.stdout
+  for console in (again.stderr, evaluated.stderr):
+    assert "Reusing dataset" not in console and "Using custom data configuration" not in console
+    assert not ABSL_INFO_LINE.search(console), console[-2000:]
+  log = (workdir / "log.txt").read_text()
+  assert log.count("Reusing dataset") >= 4  # three splits for train, one for evaluate
+  assert ABSL_INFO_LINE.search(log) and "evaluated 16 image(s)" in log

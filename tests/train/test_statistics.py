@@ -46,8 +46,9 @@ def test_bootstrap_interval_covers_the_truth_about_95_percent_of_the_time():
   covered = 0
   for _ in range(200):
     differences = rng.normal(0.05, 0.2, 60)
-    interval = statistics.paired_difference(differences[None], np.zeros((1, 60)),
-                                            samples=1000, seed=int(rng.integers(1 << 30)))
+    interval = statistics.paired_difference(
+      differences[None], np.zeros((1, 60)), samples=1000, seed=int(rng.integers(1 << 30))
+    )
     covered += interval["ci95"][0] <= 0.05 <= interval["ci95"][1]
   assert 0.88 <= covered / 200 <= 0.99
 

@@ -9,14 +9,16 @@ from train import optim, step
 from train.configs import binary, default
 
 
-@pytest.mark.parametrize("make_config, loss_name, deep_supervision, precision", [
+@pytest.mark.parametrize(
+  "make_config, loss_name, deep_supervision, precision",
+  [
     (default.get_config, "ce+kl", False, "float32"),
     (default.get_config, "ce+dice", True, "float32"),
     (binary.get_config, "ce+l1", False, "float32"),
     (default.get_config, "ce+kl", False, "bfloat16"),
-])
-def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supervision,
-                                               precision):
+  ],
+)
+def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supervision, precision):
   config = make_config()
   config.loss.name = loss_name
   config.precision = precision
@@ -31,7 +33,7 @@ def test_overfitting_one_batch_lowers_the_loss(make_config, loss_name, deep_supe
   model = step.make_model(config, in_channels=3, num_classes=num_classes, seed=0)
   optimizer = optim.make_optimizer(config)
   graphdef, _, state = step.init_state(model, optimizer)
-  train_step = step.make_train_step(config, graphdef, optimizer)
+  train_step = step.make_train_step(config, graphdef, optimizer, ignore_index=255)
   losses = []
   for _ in range(config.train.steps):
     state, metrics = train_step(state, batch)
@@ -55,7 +57,7 @@ def _curve(precision: str, steps: int = 15):
   model = step.make_model(config, in_channels=3, num_classes=5, seed=0)
   optimizer = optim.make_optimizer(config)
   graphdef, _, state = step.init_state(model, optimizer)
-  train_step = step.make_train_step(config, graphdef, optimizer)
+  train_step = step.make_train_step(config, graphdef, optimizer, ignore_index=255)
   jaxpr = str(jax.make_jaxpr(train_step)(state, batch))
   losses = []
   for _ in range(steps):
@@ -71,8 +73,11 @@ def test_bfloat16_follows_the_float32_training_curve():
   assert "conv_general_dilated" in half_jaxpr and "bf16[4,32,32" in half_jaxpr
   assert "bf16" not in full_jaxpr
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.opt_state)
-             if jnp.issubdtype(leaf.dtype, jnp.floating))
+  assert all(
+    leaf.dtype == jnp.float32
+    for leaf in jax.tree.leaves(state.opt_state)
+    if jnp.issubdtype(leaf.dtype, jnp.floating)
+  )
   assert half[0] == pytest.approx(full[0], rel=1e-2)  # same weights, same batch
   np.testing.assert_allclose(half, full, rtol=5e-2)
   assert half[-1] < 0.9 * half[0]

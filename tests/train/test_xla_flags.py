@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.train.conftest import REPO
+from tests.train.helpers import REPO
 from train import xla_flags
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
@@ -22,7 +22,9 @@ def test_keeps_the_users_flags_and_their_own_value_of_ours():
   environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   xla_flags.set_defaults(environ)
   assert environ["XLA_FLAGS"].split() == [
-      "--xla_force_host_platform_device_count=4", f"--{YNN}=-individual_convolution"]
+    "--xla_force_host_platform_device_count=4",
+    f"--{YNN}=-individual_convolution",
+  ]
   mine = {"XLA_FLAGS": f"--{YNN}=+individual_convolution"}
   assert xla_flags.set_defaults(mine) == f"--{YNN}=+individual_convolution"
 
@@ -67,6 +69,12 @@ print("ok")
 
 
 def test_flags_set_by_the_program_reach_the_compiler():
-  done = subprocess.run([sys.executable, "-c", _PROGRAM], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, env=_WITHOUT_XLA_FLAGS)
+  done = subprocess.run(
+    [sys.executable, "-c", _PROGRAM],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=_WITHOUT_XLA_FLAGS,
+  )
   assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

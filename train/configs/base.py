@@ -6,13 +6,12 @@ Fields set to ``None`` are unset: the program chooses (dataset defaults, loss de
 import ml_collections
 from ml_collections import config_dict
 
+from regionloss_jax.losses import loss_option_types
+
 # make_loss options a config may set as loss.<option>; None leaves the loss's own default.
-LOSS_OPTION_TYPES = {
-    "class_weights": tuple, "label_smoothing": float, "gamma": float, "alpha": float,
-    "beta": float, "exponent": float, "batch": bool, "include_background": bool,
-    "smooth_nr": float, "smooth_dr": float, "squared": bool, "jaccard": bool, "log": bool,
-    "empty": str, "weighting": str, "temperature": float,
-}
+# Read from the loss functions' signatures; per-class options (class_weights, alpha) are
+# tuples, a one-element tuple standing for a scalar.
+LOSS_OPTION_TYPES = loss_option_types()
 
 
 # The compounds' settings in their references: nnU-Net and MONAI's DiceCELoss add CE and
@@ -69,7 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ce+kl"
   config.loss.mode = "multiclass"
-  config.loss.ignore_index = 255
+  # The dataset owns the label value of ignored pixels (SegmentationData.ignore_index) and
+  # loss and metrics both use it; unset takes it, a different value is a config error.
+  config.loss.ignore_index = config_dict.placeholder(int)
   # Compounds: the second term's factor (the schedule's target). Unset: the compound's
   # reference setting, REFERENCE_WEIGHT (and REFERENCE_TEMPERATURE for l1/kl/db).
   config.loss.weight = config_dict.placeholder(float)

@@ -17,8 +17,9 @@ def all_configs():
   return [(name, mode) for name in losses.loss_names() for mode in losses.MODES]
 
 
-def make_inputs(mode, *, shape=(2, 6, 5), seed=0, ignore_fraction=0.2, scale=2.0,
-                dtype=jnp.float32):
+def make_inputs(
+  mode, *, shape=(2, 6, 5), seed=0, ignore_fraction=0.2, scale=2.0, dtype=jnp.float32
+):
   """Random logits and labels; about ``ignore_fraction`` of the pixels hold ``IGNORE``."""
   rng = np.random.default_rng(seed)
   channels = NUM_CLASSES[mode]

@@ -1,4 +1,6 @@
-"""Evaluation of a trained state on a whole split: per-image metrics, losses and a summary.
+"""Scoring a trained model on a whole split: per-image metrics, losses and a summary.
+
+(The library side of evaluation; the command ``python -m train.evaluate`` uses it.)
 
 Every image is predicted whole, at the resolution the dataset gives it (its own, or
 ``data.image_size``), through sliding windows (:mod:`train.predictor`); its metrics, its
@@ -19,22 +21,41 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from regionloss_jax import data as rl_data
 from regionloss_jax import losses, metrics
-from train import config_checks, parallel
+from train import build, parallel
 from train.predictor import Predictor
 
 # Per-image arrays of metrics.evaluate_batch kept for the summary and test_per_image.npz.
-PER_IMAGE_KEYS = ("tp", "fp", "fn", "dice", "iou", "precision", "recall", "hd95",
-                  "gt_proportion", "pred_proportion", "proportion_abs_error", "proportion_bias",
-                  "pred_proportion_soft", "proportion_abs_error_soft", "proportion_bias_soft")
-SAVED_PER_IMAGE = ("dice", "iou", "hd95", "gt_proportion", "pred_proportion",
-                   "pred_proportion_soft")
+PER_IMAGE_KEYS = (
+  "tp",
+  "fp",
+  "fn",
+  "dice",
+  "iou",
+  "precision",
+  "recall",
+  "hd95",
+  "gt_proportion",
+  "pred_proportion",
+  "proportion_abs_error",
+  "proportion_bias",
+  "pred_proportion_soft",
+  "proportion_abs_error_soft",
+  "proportion_bias_soft",
+)
+SAVED_PER_IMAGE = (
+  "dice",
+  "iou",
+  "hd95",
+  "gt_proportion",
+  "pred_proportion",
+  "pred_proportion_soft",
+)
 BINS = metrics.CALIBRATION_BINS
 NAME_BYTES = 256  # file names longer than this are cut in the per-image results
 
 
-def decomposition_terms(logits, labels, *, binary: bool) -> dict:
+def decomposition_terms(logits, labels, *, binary: bool, ignore_index: int) -> dict:
   """The paper's decomposition of CE and log-Dice per image, ``(B,)`` arrays.
 
   CE: the matching and size (``KL(tau || tauhat)``) terms of its Jensen bound, summed over
@@ -45,21 +66,29 @@ def decomposition_terms(logits, labels, *, binary: bool) -> dict:
   """
   if binary:
     logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
-  ignore = rl_data.IGNORE_INDEX
-  ce = losses.cross_entropy_decomposition(logits, labels, ignore_index=ignore)
-  log_dice = losses.log_dice_decomposition(logits, labels, ignore_index=ignore)
+  ce = losses.cross_entropy_decomposition(logits, labels, ignore_index=ignore_index)
+  log_dice = losses.log_dice_decomposition(logits, labels, ignore_index=ignore_index)
   present = log_dice["tau"][:, 1:] > 1e-6
   out = {f"ce_{part}": jnp.sum(ce[part], axis=-1) for part in ("matching", "size")}
-  out.update({f"logdice_{part}": jnp.sum(jnp.where(present, log_dice[part][:, 1:], 0.0), -1)
-              for part in ("matching", "size")})
+  out.update(
+    {
+      f"logdice_{part}": jnp.sum(jnp.where(present, log_dice[part][:, 1:], 0.0), -1)
+      for part in ("matching", "size")
+    }
+  )
   out["logdice_pairs"] = jnp.sum(present, axis=-1).astype(jnp.float32)
   return out
 
 
-def make_score_fn(config: ml_collections.ConfigDict) -> Callable:
+def make_score_fn(config: ml_collections.ConfigDict, *, ignore_index: int) -> Callable:
   """``score(logits, labels, weight) -> {name: (B,)}`` (jitted): each image's loss, its loss
-  terms as ``term/<name>`` and its decomposition terms, each image scored on its own."""
-  loss_fn = losses.make_loss(config.loss.name, **config_checks.loss_options(config))
+  terms as ``term/<name>`` and its decomposition terms, each image scored on its own.
+
+  ``ignore_index``: the dataset's; pass the same value to :func:`evaluate_split`.
+  """
+  loss_fn = losses.make_loss(
+    config.loss.name, **build.loss_options(config, ignore_index=ignore_index)
+  )
   binary = config.loss.mode == "binary"
 
   def one_image(logits, labels, weight):
@@ -69,7 +98,7 @@ def make_score_fn(config: ml_collections.ConfigDict) -> Callable:
 
   def score(logits, labels, weight):
     scores = jax.vmap(one_image, in_axes=(0, 0, None))(logits, labels, weight)
-    scores.update(decomposition_terms(logits, labels, binary=binary))
+    scores.update(decomposition_terms(logits, labels, binary=binary, ignore_index=ignore_index))
     return scores
 
   return jax.jit(score)
@@ -87,12 +116,20 @@ def _same_size_groups(examples: Iterable[dict], size: int):
   for _, group in itertools.groupby(examples, key=lambda ex: ex["image"].shape):
     group = list(group)
     for first in range(0, len(group), size):
-      yield group[first:first + size]
+      yield group[first : first + size]
 
 
-def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict], *,
-             weight: float, class_names, keep: int = 0,
-             on_image: Callable[[dict, np.ndarray], None] | None = None) -> dict:
+def evaluate_split(
+  predictor: Predictor,
+  score_fn: Callable,
+  examples: Iterable[dict],
+  *,
+  weight: float,
+  class_names,
+  ignore_index: int,
+  keep: int = 0,
+  on_image: Callable[[dict, np.ndarray], None] | None = None,
+) -> dict:
   """Predicts and scores every example of this process's share of a split.
 
   Args:
@@ -101,6 +138,8 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
     examples: :func:`regionloss_jax.data.eval_examples` of this process's share.
     weight: the loss weight at the evaluated step.
     class_names: one per class.
+    ignore_index: the dataset's label value of pixels that count nowhere, the one
+      ``score_fn`` was made with: metrics and losses leave out the same pixels.
     keep: how many ``(image, label, prediction)`` samples to return (the first ones).
     on_image: called with each example and its class probabilities ``(*spatial, K)`` as it
       is done, on the process that predicted it (``train.evaluate`` writes masks there).
@@ -124,11 +163,13 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
     # Losses on a grid rounded up to whole windows: ignored padding counts nowhere, and few
     # distinct shapes means few compilations.
     bucket = [math.ceil(s / w) * w for s, w in zip(labels.shape[1:], window, strict=True)]
-    scores = jax.device_get(score_fn(_padded(logits, bucket, 0.0),
-                                     _padded(labels, bucket, rl_data.IGNORE_INDEX), weight))
+    scores = jax.device_get(
+      score_fn(_padded(logits, bucket, 0.0), _padded(labels, bucket, ignore_index), weight)
+    )
     score_names = score_names or sorted(scores)
-    result = metrics.evaluate_batch(classes, labels, num_classes=num_classes,
-                                    ignore_index=rl_data.IGNORE_INDEX, probs=probs)
+    result = metrics.evaluate_batch(
+      classes, labels, num_classes=num_classes, ignore_index=ignore_index, probs=probs
+    )
     for i, example in enumerate(group):
       row = [float(example["index"])] + [float(scores[k][i]) for k in score_names]
       row += [float(v) for key in PER_IMAGE_KEYS for v in result[key][i]]
@@ -140,29 +181,43 @@ def evaluate(predictor: Predictor, score_fn: Callable, examples: Iterable[dict],
       if on_image is not None:
         on_image(example, probs[i])
   if score_names is None:  # this process had no image; the others tell the names
-    score_names = sorted(jax.device_get(score_fn(
-        np.zeros((1, *window, 1 if predictor.binary else num_classes), np.float32),
-        np.zeros((1, *window), np.int32), weight)))
-  logging.info("process %d of %d: evaluated %d image(s)", jax.process_index(),
-               jax.process_count(), len(rows))
+    score_names = sorted(
+      jax.device_get(
+        score_fn(
+          np.zeros((1, *window, 1 if predictor.binary else num_classes), np.float32),
+          np.zeros((1, *window), np.int32),
+          weight,
+        )
+      )
+    )
+  logging.info(
+    "process %d of %d: evaluated %d image(s)", jax.process_index(), jax.process_count(), len(rows)
+  )
   metric_width = len(PER_IMAGE_KEYS) * num_classes
   width = 1 + len(score_names) + metric_width + num_classes * BINS * 3
-  gathered, all_names = _gather_in_split_order(np.asarray(rows, np.float64).reshape(-1, width),
-                                               names)
-  score_values = dict(zip(score_names, gathered[:, 1:1 + len(score_names)].T, strict=True))
+  gathered, all_names = _gather_in_split_order(
+    np.asarray(rows, np.float64).reshape(-1, width), names
+  )
+  score_values = dict(zip(score_names, gathered[:, 1 : 1 + len(score_names)].T, strict=True))
   first = 1 + len(score_names)
-  per_class = gathered[:, first:first + metric_width].reshape(
-      len(gathered), len(PER_IMAGE_KEYS), num_classes)
+  per_class = gathered[:, first : first + metric_width].reshape(
+    len(gathered), len(PER_IMAGE_KEYS), num_classes
+  )
   per_image = {key: per_class[:, j] for j, key in enumerate(PER_IMAGE_KEYS)}
-  per_image["calibration"] = gathered[:, first + metric_width:].reshape(
-      len(gathered), num_classes, BINS, 3)
+  per_image["calibration"] = gathered[:, first + metric_width :].reshape(
+    len(gathered), num_classes, BINS, 3
+  )
   summary = metrics.summarize(per_image, class_names=class_names)
   summary.update(_score_means(score_values))
   saved = {k: per_image[k] for k in SAVED_PER_IMAGE}
   saved["present"] = (per_image["tp"] + per_image["fn"]) > 0
   saved["name"] = all_names
-  return {"summary": summary, "per_image": saved, "samples": samples,
-          "calibration": per_image["calibration"].sum(axis=0)}
+  return {
+    "summary": summary,
+    "per_image": saved,
+    "samples": samples,
+    "calibration": per_image["calibration"].sum(axis=0),
+  }
 
 
 def _gather_in_split_order(rows: np.ndarray, names: list[str]):
