@@ -51,20 +51,29 @@ def image_format(paths) -> tuple[int, int]:
   return (1 if grey else 3), (16 if high else 8)
 
 
-def check_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
+def check_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()) -> dict:
   """Open every file, compare sizes and mask values; raise one :class:`DataError` naming
-  every bad file. Warns for splits whose masks are all background."""
-  problems = []
+  every bad file, after ``problems`` already found (e.g. unpaired files). Warns for splits
+  whose masks are all background."""
+  problems = list(problems)
   foreground = {}
   for split, split_pairs in pairs.items():
     foreground[split] = False
     for image_path, mask_path in split_pairs:
-      try:
-        height, width = read_image(image_path).shape[:2]
-        image_size = (width, height)
-      except Exception as e:  # Pillow raises many types for bad files.
-        problems.append(f"{image_path}: unreadable or corrupt image ({type(e).__name__}: {e})")
-        image_size = None
+      image_size = None
+      empty = pairing.empty_file_problem(image_path, "image")
+      if empty:
+        problems.append(empty)
+      else:
+        try:
+          height, width = read_image(image_path).shape[:2]
+          image_size = (width, height)
+        except Exception as e:  # Pillow raises many types for bad files.
+          problems.append(f"{image_path}: unreadable or corrupt image ({type(e).__name__}: {e})")
+      empty = pairing.empty_file_problem(mask_path, "mask")
+      if empty:
+        problems.append(empty)
+        continue
       try:
         mask = read_mask(mask_path)
       except Exception as e:
@@ -197,8 +206,8 @@ def load_folder(
     native resolution) and whose ``preprocessing`` prepares new images the same way.
 
   Raises:
-    DataError: naming every unpaired, unreadable, size-mismatched or out-of-range file;
-      nothing is written to the cache then.
+    DataError: naming every unpaired, empty, unreadable, size-mismatched or out-of-range
+      file in one report; nothing is written to the cache then.
   """
   root = pathlib.Path(root).expanduser().resolve()
   class_names = pairing.class_names_for(num_classes, class_names)
@@ -227,9 +236,8 @@ def load_folder(
 
   def check():
     pairs, problems = pairing.find_pairs(root, stem=image_stem)
-    if problems:
-      raise DataError(problems, root=str(root))
-    check_pairs(pairs, lookup, root=root)
+    # The paired files are read even when some are unpaired, so one report names them all.
+    check_pairs(pairs, lookup, root=root, problems=problems)
     return pairing.carve_splits(
       pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
     )

@@ -99,6 +99,13 @@ def find_pairs(root: pathlib.Path, *, stem: Callable[[pathlib.Path], str | None]
   return pairs, problems
 
 
+def empty_file_problem(path: pathlib.Path, what: str) -> str | None:
+  """A message for a zero-byte file, or ``None``: readers' own errors for it are obscure."""
+  if path.stat().st_size == 0:
+    return f"{path}: empty {what} file (0 bytes)"
+  return None
+
+
 def carve_splits(pairs: dict, *, val_fraction: float, test_fraction: float, seed: int) -> dict:
   """Fill missing ``validation`` / ``test`` with a seeded random part of ``train``."""
   pairs = dict(pairs)

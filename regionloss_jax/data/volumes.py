@@ -31,15 +31,20 @@ RESAMPLE_MODES = preprocess.FIT_MODES
 MEAN, STD = 0.5, 0.25
 
 
-def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root) -> dict:
-  """Read every volume; raise one :class:`DataError` naming every bad file."""
-  problems = []
+def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()) -> dict:
+  """Read every volume; raise one :class:`DataError` naming every bad file, after
+  ``problems`` already found (e.g. unpaired files)."""
+  problems = list(problems)
   foreground = {}
   for split, split_pairs in pairs.items():
     foreground[split] = False
     for image_path, mask_path in split_pairs:
       shapes = {}
       for path, what in ((image_path, "volume"), (mask_path, "label volume")):
+        empty = pairing.empty_file_problem(path, what)
+        if empty:
+          problems.append(empty)
+          continue
         try:
           array = read_volume(path).array
           shapes[what] = array.shape
@@ -188,7 +193,8 @@ def load_volumes(
     A :class:`SegmentationData` over float32 ``(D, H, W, 1)`` images in ``[0, 1]``.
 
   Raises:
-    DataError: naming every unpaired, unreadable, shape-mismatched or out-of-range file.
+    DataError: naming every unpaired, empty, unreadable, shape-mismatched or out-of-range
+      file in one report.
   """
   if mode not in RESAMPLE_MODES:
     raise ValueError(f"mode must be one of {RESAMPLE_MODES}, got {mode!r}")
@@ -223,9 +229,8 @@ def load_volumes(
 
   def check():
     pairs, problems = pairing.find_pairs(root, stem=volume_stem)
-    if problems:
-      raise DataError(problems, root=str(root))
-    check_volume_pairs(pairs, lookup, root=root)
+    # The paired volumes are read even when some are unpaired, so one report names them all.
+    check_volume_pairs(pairs, lookup, root=root, problems=problems)
     return pairing.carve_splits(
       pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
     )

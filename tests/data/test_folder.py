@@ -100,6 +100,39 @@ def test_every_bad_file_is_named_and_nothing_is_written(tmp_path):
   assert prepared_dirs(cache) == []
 
 
+def test_problems_of_every_kind_come_in_one_report(tmp_path):
+  # Unpaired files used to stop the check before any image was read, hiding the rest.
+  root = write_pairs(tmp_path / "ds", "train", 6)
+  images, masks = root / "train" / "images", root / "train" / "masks"
+  write_png(images / "lonely.png", np.zeros((20, 30, 3), np.uint8))
+  (images / "case00.png").write_bytes(b"not a png at all")
+  (masks / "case01.png").write_bytes(b"")
+  write_png(masks / "case02.png", np.zeros((12, 30), np.uint8))
+  bad_values = np.zeros((20, 30), np.uint8)
+  bad_values[0, 0] = 9
+  write_png(masks / "case03.png", bad_values)
+  colour_mask = np.zeros((20, 30, 3), np.uint8)
+  colour_mask[..., 1] = 1
+  write_png(masks / "case04.png", colour_mask)
+  cache = tmp_path / "c"
+  with pytest.raises(data.DataError) as info:
+    load(root, cache)
+  problems = info.value.problems
+  assert len(problems) == 6, problems
+  expected = [
+    "lonely.png: image without a mask",
+    "case00.png: unreadable or corrupt image",
+    "case01.png: empty mask file (0 bytes)",
+    "case02.png is 30x20 but its mask",
+    "case03.png: mask values outside the declared classes: [9]",
+    "case04.png: unreadable or corrupt mask (ValueError: colour mask with 3 differing",
+  ]
+  for text in expected:
+    assert sum(text in p for p in problems) == 1, (text, problems)
+    assert text in str(info.value)
+  assert not cache.exists()
+
+
 def test_0_255_masks_without_value_map_get_a_hint(tmp_path):
   root = write_pairs(tmp_path / "ds", "train", 4, binary_255=True)
   with pytest.raises(data.DataError, match=r"value_map=\{0: 0, 255: 1\}"):

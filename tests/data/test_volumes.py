@@ -76,6 +76,36 @@ def test_volume_errors_name_files(tmp_path):
   assert not (tmp_path / "c" / "volumes").exists()
 
 
+def test_nifti_problems_of_every_kind_come_in_one_report(tmp_path):
+  root = tmp_path / "vols"
+  for i in range(4):
+    write_case(root, "train", f"b{i}", shape=(3, 4, 5), nifti=True)
+  write_case(root, "train", "mismatch", shape=(3, 4, 5), nifti=True, label_shape=(3, 4, 4))
+  write_case(root, "train", "lonely", shape=(3, 4, 5), nifti=True)
+  (root / "train" / "masks" / "lonely.nii.gz").unlink()
+  (root / "train" / "images" / "b0.nii.gz").write_bytes(b"not gzip, not nifti")
+  (root / "train" / "masks" / "b1.nii.gz").write_bytes(b"")
+  two_channels = np.zeros((5, 4, 3, 2), np.float32)  # NIfTI (x, y, z, channel).
+  nibabel.save(
+    nibabel.Nifti1Image(two_channels, np.eye(4)), root / "train" / "images" / "b2.nii.gz"
+  )
+  cache = tmp_path / "c"
+  with pytest.raises(data.DataError) as info:
+    data.load("volumes", root=root, num_classes=2, shape=None, cache_dir=cache)
+  problems = info.value.problems
+  assert len(problems) == 5, problems
+  expected = [
+    "b2.nii.gz: unreadable or corrupt volume (ValueError: expected a 3-D volume",
+    "lonely.nii.gz: image without a mask",
+    "b0.nii.gz: unreadable or corrupt volume",
+    "b1.nii.gz: empty label volume file (0 bytes)",
+    "mismatch.nii.gz has shape (3, 4, 5) but its labels",
+  ]
+  for text in expected:
+    assert sum(text in p for p in problems) == 1, (text, problems)
+  assert not cache.exists()
+
+
 def _write_nifti(path, array_dhw, affine):
   path.parent.mkdir(parents=True, exist_ok=True)
   nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(array_dhw.T), affine), path)
