@@ -5,11 +5,9 @@ On several hosts, each process also gets ``--coordinator_address=HOST:PORT
 slice, where JAX finds them itself).
 """
 
-import sys
-
 from absl import app, flags
 
-from train import cli, loop, parallel, run_log, xla_flags
+from train import cli, loop, parallel, run_log, user_errors, xla_flags
 
 FIELDS_FILE = "train/configs/base.py"
 _CONFIG = cli.define_config_flag(
@@ -43,11 +41,10 @@ def main(argv):
     process_id=_PROCESS_ID.value,
   )
   run_log.log_to_workdir(_WORKDIR.value)
-  try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except (loop.Diverged, loop.OutOfMemory) as error:
-    sys.exit(f"error: {error}")  # a message and exit status 1, no traceback
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser(FIELDS_FILE))
+  user_errors.run(
+    main, failures=(loop.Diverged, loop.OutOfMemory), flags_parser=cli.flags_parser(FIELDS_FILE)
+  )

@@ -1,4 +1,4 @@
-"""The command line of ``train`` and ``train.compare``: a config-file flag whose mistakes
+"""The command line of the train commands: a config-file flag and flags whose mistakes
 end in one line naming the flag, not in a traceback from ml_collections."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from train import user_errors
 
 
 def unknown_field_message(argv: list[str], error: Exception, config_file: str) -> str:
@@ -35,18 +37,22 @@ def define_config_flag(default_file: str, help_text: str, *, fields_file: str):
     # applies the overrides right here, at definition, so their errors surface here too.
     return config_flags.DEFINE_config_file("config", default_file, help_text, lock_config=True)
   except (KeyError, AttributeError) as error:
-    sys.exit(f"error: {unknown_field_message(sys.argv, error, fields_file)}")
+    user_errors.fail(unknown_field_message(sys.argv, error, fields_file))
 
 
-def flags_parser(fields_file: str):
-  """A ``flags_parser`` for ``absl.app.run``: flag mistakes end in one line."""
+def flags_parser(fields_file: str | None = None):
+  """A ``flags_parser`` for ``absl.app.run``: flag mistakes end in one line, exit status 2.
+
+  ``fields_file``: the file listing the config's fields, for a command with ``--config``.
+  """
+  config_errors = (KeyError, AttributeError) if fields_file else ()
 
   def parse(argv: list[str]) -> list[str]:
     try:
       return flags.FLAGS(argv)
     except flags.Error as error:
-      sys.exit(f"error: {error}\nPass --helpfull to see the flags.")
-    except (KeyError, AttributeError) as error:
-      sys.exit(f"error: {unknown_field_message(argv, error, fields_file)}")
+      user_errors.fail(f"{error}\nPass --helpfull to see the flags.")
+    except config_errors as error:
+      user_errors.fail(unknown_field_message(argv, error, fields_file))
 
   return parse

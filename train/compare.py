@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from train import cli, loop, parallel, reporting, run_log, statistics, xla_flags
+from train import cli, loop, parallel, reporting, run_log, statistics, user_errors, xla_flags
 from train import compare_figures as figures
 from train.configs import base as base_config
 
@@ -66,7 +66,9 @@ def parse_loss(spec: str) -> tuple[str, dict]:
   """``"ce+dice(log=True, smooth_nr=0)"`` -> ``("ce+dice", {"log": True, "smooth_nr": 0})``."""
   match = re.fullmatch(r"\s*([\w+]+)\s*(?:\((.*)\))?\s*", spec)
   if not match:
-    raise ValueError(f"cannot parse loss {spec!r}; write NAME or NAME(option=value, ...)")
+    raise user_errors.ConfigError(
+      f"cannot parse loss {spec!r}; write NAME or NAME(option=value, ...)"
+    )
   name, arguments = match.groups()
   name, options = ALIASES.get(name, (name, {}))
   options = dict(options)
@@ -75,7 +77,7 @@ def parse_loss(spec: str) -> tuple[str, dict]:
     try:
       options[key.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
-      raise ValueError(
+      raise user_errors.ConfigError(
         f"loss {spec!r}: option {item.strip()!r} needs a Python literal value"
       ) from None
   return name, options
@@ -90,7 +92,7 @@ def run_config(
   config.loss.name = name
   for key, value in {**options, **overrides}.items():
     if key not in config.loss or key == "weight_schedule":
-      raise ValueError(
+      raise user_errors.ConfigError(
         f"loss {spec!r}: unknown option {key!r}; valid: "
         f"{', '.join(['weight', *base_config.LOSS_OPTION_TYPES])}"
       )
@@ -382,9 +384,9 @@ def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Tunes on validation, trains every loss with every seed, writes the report."""
   if config.seeds < 1:
-    raise ValueError(f"config.seeds must be >= 1, got {config.seeds}")
+    raise user_errors.ConfigError(f"config.seeds must be >= 1, got {config.seeds}")
   if not config.losses:
-    raise ValueError("config.losses is empty; name at least one loss")
+    raise user_errors.ConfigError("config.losses is empty; name at least one loss")
   # Every config, tuning points included, is checked before the first run starts.
   for spec in config.losses:
     for setting in tuning_grid(spec, config.tune) or [{}]:
@@ -434,4 +436,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.flags_parser(FIELDS_FILE))
+  user_errors.run(
+    main, failures=(loop.Diverged, loop.OutOfMemory), flags_parser=cli.flags_parser(FIELDS_FILE)
+  )

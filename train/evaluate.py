@@ -17,6 +17,7 @@ from absl import app, flags
 
 from regionloss_jax.data import preprocess
 from train import (
+  cli,
   config_checks,
   datasets,
   optim,
@@ -25,6 +26,7 @@ from train import (
   run_log,
   runs,
   scoring,
+  user_errors,
   xla_flags,
 )
 
@@ -102,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  user_errors.run(main, flags_parser=cli.flags_parser())

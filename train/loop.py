@@ -27,6 +27,7 @@ from train import (
   scoring,
 )
 from train import step as step_lib
+from train.user_errors import ConfigError
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
@@ -106,7 +107,7 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: b
       previous = _as_current_fields(json.load(f))
     if previous != current:
       changed = sorted(_differences(previous, current))
-      raise ValueError(
+      raise ConfigError(
         f"{workdir} holds a run with a different config (changed: "
         f"{', '.join(changed)}); use another --workdir, or pass --overwrite "
         "to discard that run."

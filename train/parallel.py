@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from train import xla_flags
+from train.user_errors import ConfigError
 
 DATA_AXIS = "data"
 # Arrays smaller than this stay replicated under shard_params: splitting a bias or a norm
@@ -66,7 +67,7 @@ def initialize(
   """
   given = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in given) and any(v is None for v in given):
-    raise ValueError(
+    raise ConfigError(
       "--coordinator_address, --num_processes and --process_id go together; got "
       f"coordinator_address={coordinator_address!r}, "
       f"num_processes={num_processes!r}, process_id={process_id!r}."
@@ -77,7 +78,7 @@ def initialize(
       return
     logging.info("joining the multi-process run described by %s", launcher)
   elif not 0 <= process_id < num_processes:
-    raise ValueError(f"--process_id={process_id} must be in [0, {num_processes}).")
+    raise ConfigError(f"--process_id={process_id} must be in [0, {num_processes}).")
   # CPU devices of different processes talk through gloo; accelerators ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
@@ -92,7 +93,7 @@ def split_cpu(devices: int) -> None:
   nothing. Accelerator backends are unaffected: their devices make the mesh.
   """
   if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-    raise ValueError(f"config.parallel.cpu_devices must be a positive integer, got {devices!r}.")
+    raise ConfigError(f"config.parallel.cpu_devices must be a positive integer, got {devices!r}.")
   if devices == 1 or "xla_force_host_platform_device_count" in xla_flags.names():
     return
   jax.config.update("jax_num_cpu_devices", devices)

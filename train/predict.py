@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 
 import jax
 import numpy as np
@@ -27,7 +26,7 @@ from absl import app, flags, logging
 from tqdm import tqdm
 
 from regionloss_jax.data import files, preprocess
-from train import outputs, parallel, predictor, run_log, runs, xla_flags
+from train import cli, outputs, parallel, predictor, run_log, runs, user_errors, xla_flags
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "A run directory made by python -m train.", required=True
@@ -191,19 +190,16 @@ def main(argv):
     process_id=_PROCESS_ID.value,
   )
   run_log.log_to_workdir(_WORKDIR.value, create=False)
-  try:
-    written = predict(
-      _WORKDIR.value,
-      _INPUT.value,
-      _OUT.value,
-      checkpoint=_CHECKPOINT.value,
-      tta=_TTA.value,
-      save_probabilities=_PROBABILITIES.value,
-    )
-  except (PredictionError, FileNotFoundError, ValueError) as error:
-    sys.exit(f"error: {error}")
+  written = predict(
+    _WORKDIR.value,
+    _INPUT.value,
+    _OUT.value,
+    checkpoint=_CHECKPOINT.value,
+    tta=_TTA.value,
+    save_probabilities=_PROBABILITIES.value,
+  )
   print(f"{len(written)} mask(s) written to {_OUT.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  user_errors.run(main, failures=(PredictionError,), flags_parser=cli.flags_parser())

@@ -16,6 +16,7 @@ from regionloss_jax.data import Preprocessing
 from train import checkpoints, config_checks, optim, parallel
 from train import step as step_lib
 from train.loop import CONFIG_FILE, INFERENCE_FILE
+from train.user_errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +53,11 @@ def checkpoint_step(mngr, checkpoint: str, workdir: str) -> int:
     try:
       step = int(checkpoint)
     except ValueError:
-      raise ValueError(f"--checkpoint={checkpoint!r}: use best, latest or a step number.") from None
+      raise ConfigError(
+        f"--checkpoint={checkpoint!r}: use best, latest or a step number."
+      ) from None
   if step is None or step not in mngr.all_steps():
-    raise ValueError(
+    raise ConfigError(
       f"checkpoint {checkpoint!r} not found in {workdir}/checkpoints; "
       f"available steps: {sorted(mngr.all_steps())}."
     )

@@ -141,7 +141,7 @@ def test_bad_config_fails_before_work(tmp_path, cache_dir):
 
 def test_unknown_config_field_is_one_line_naming_it(tmp_path, cache_dir):
   result = run_program(tmp_path / "typo", cache_dir, "--config.train.bach_size=3", check=False)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
     "error: --config.train.bach_size: the config has no field 'train.bach_size' (did you "
     'mean "batch_size"?); every field is listed in train/configs/base.py.'
