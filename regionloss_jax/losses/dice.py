@@ -187,7 +187,7 @@ def dice_loss(
     0.0000
   """
   _check_batch_reduction(batch, reduction)
-  intersection, pred_sum, target_sum = _class_sums(
+  sums = _class_sums(
     logits,
     labels,
     mode=mode,
@@ -197,6 +197,35 @@ def dice_loss(
     include_background=include_background,
     squared=squared,
   )
+  return dice_from_sums(
+    *sums,
+    jaccard=jaccard,
+    log=log,
+    smooth_nr=smooth_nr,
+    smooth_dr=smooth_dr,
+    empty=empty,
+    class_weights=class_weights,
+    reduction=reduction,
+  )
+
+
+def dice_from_sums(
+  intersection: jax.Array,
+  pred_sum: jax.Array,
+  target_sum: jax.Array,
+  *,
+  jaccard: bool = False,
+  log: bool = False,
+  smooth_nr: float = 1e-5,
+  smooth_dr: float = 1e-5,
+  empty: str = "keep",
+  class_weights: Sequence[float] | jax.Array | None = None,
+  reduction: str = "mean",
+) -> jax.Array:
+  """:func:`dice_loss` from its per-class sums ``I, S, G`` (each ``(B, C')`` or ``(C',)``).
+
+  The part of the loss after the sweep over the pixels, shared with the fused path.
+  """
   denominator = pred_sum + target_sum
   if jaccard:
     denominator = 2.0 * (denominator - intersection)
@@ -276,7 +305,7 @@ def tversky_loss(
     0.1681
   """
   _check_batch_reduction(batch, reduction)
-  intersection, pred_sum, target_sum = _class_sums(
+  sums = _class_sums(
     logits,
     labels,
     mode=mode,
@@ -285,6 +314,34 @@ def tversky_loss(
     batch=batch,
     include_background=include_background,
   )
+  return tversky_from_sums(
+    *sums,
+    alpha=alpha,
+    beta=beta,
+    exponent=exponent,
+    smooth_nr=smooth_nr,
+    smooth_dr=smooth_dr,
+    empty=empty,
+    class_weights=class_weights,
+    reduction=reduction,
+  )
+
+
+def tversky_from_sums(
+  intersection: jax.Array,
+  pred_sum: jax.Array,
+  target_sum: jax.Array,
+  *,
+  alpha: float = 0.5,
+  beta: float = 0.5,
+  exponent: float = 1.0,
+  smooth_nr: float = 1e-5,
+  smooth_dr: float = 1e-5,
+  empty: str = "keep",
+  class_weights: Sequence[float] | jax.Array | None = None,
+  reduction: str = "mean",
+) -> jax.Array:
+  """:func:`tversky_loss` from its per-class sums ``I, S, G`` (each ``(B, C')`` or ``(C',)``)."""
   alpha, beta = jnp.asarray(alpha, jnp.float32), jnp.asarray(beta, jnp.float32)
   false_pos = pred_sum - intersection
   false_neg = target_sum - intersection
@@ -358,7 +415,7 @@ def generalized_dice_loss(
   """
   _check_choice("weighting", weighting, WEIGHTINGS)
   _check_batch_reduction(batch, reduction)
-  intersection, pred_sum, target_sum = _class_sums(
+  sums = _class_sums(
     logits,
     labels,
     mode=mode,
@@ -367,6 +424,22 @@ def generalized_dice_loss(
     batch=batch,
     include_background=include_background,
   )
+  return generalized_dice_from_sums(
+    *sums, weighting=weighting, smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction=reduction
+  )
+
+
+def generalized_dice_from_sums(
+  intersection: jax.Array,
+  pred_sum: jax.Array,
+  target_sum: jax.Array,
+  *,
+  weighting: str = "square",
+  smooth_nr: float = 1e-5,
+  smooth_dr: float = 1e-5,
+  reduction: str = "mean",
+) -> jax.Array:
+  """:func:`generalized_dice_loss` from its per-class sums (each ``(B, C')`` or ``(C',)``)."""
   present = target_sum > 0
   safe_sum = jnp.where(present, target_sum, 1.0)
   if weighting == "square":

@@ -147,10 +147,11 @@ def make_loss(name: str, *, fused_kernel: bool = True, **options) -> LossFn:
       and the options of the terms (see :func:`valid_options`). In a compound, ``mode``,
       ``ignore_index`` and ``reduction`` go to both terms; ``class_weights`` goes to both
       when both take it.
-    fused_kernel: compounds with a fused custom VJP (``ce+l1``, ``ce+kl`` and ``ce+db`` in
-      multiclass mode without label smoothing or class weights, ``reduction="mean"``) use
-      it; ``False`` sums the plain term functions instead (the same values to float
-      rounding; for comparing against).
+    fused_kernel: compounds use the fused custom VJP of :mod:`regionloss_jax.losses.fused`
+      where it applies (every compound in multiclass and binary mode with
+      ``reduction="mean"`` and no label smoothing; see there for the soft targets it
+      leaves to the plain path); ``False`` sums the plain term functions instead (the
+      same values to float rounding; for comparing against).
 
   Returns:
     ``fn(logits, labels, *, where=None, weight=None) -> (loss, terms)``: ``loss`` a float32
@@ -220,16 +221,20 @@ def make_loss(name: str, *, fused_kernel: bool = True, **options) -> LossFn:
 
     return single_loss
 
-  fused_fn = fused.select(parts, term_options) if fused_kernel else None
   first, second = (_TERMS[p] for p in parts)
+
+  def plain_terms(logits, labels, *, where=None):
+    return (
+      first.fn(logits, labels, where=where, **term_options[0]),
+      second.fn(logits, labels, where=where, **term_options[1]),
+    )
+
+  fused_fn = fused.select(parts, term_options, fallback=plain_terms) if fused_kernel else None
 
   def compound_loss(logits, labels, *, where=None, weight=None):
     weight = default_weight if weight is None else weight
-    if fused_fn is not None:
-      first_value, second_value = fused_fn(logits, labels, where=where)
-    else:
-      first_value = first.fn(logits, labels, where=where, **term_options[0])
-      second_value = second.fn(logits, labels, where=where, **term_options[1])
+    terms_fn = plain_terms if fused_fn is None else fused_fn
+    first_value, second_value = terms_fn(logits, labels, where=where)
     loss = first_value + jnp.asarray(weight, jnp.float32) * second_value
     return loss, {keys[0]: first_value, keys[1]: second_value}
 

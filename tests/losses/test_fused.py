@@ -69,10 +69,12 @@ def test_make_loss_uses_the_fused_path_only_where_it_applies():
   from regionloss_jax.losses import fused
 
   assert fused.select(("ce", "kl"), [{"mode": "multiclass"}, {}]) is not None
-  assert fused.select(("ce", "kl"), [{"mode": "binary"}, {}]) is None
+  assert fused.select(("ce", "kl"), [{"mode": "binary"}, {}]) is not None
+  assert fused.select(("ce", "kl"), [{"mode": "multilabel"}, {}]) is None
   assert fused.select(("ce", "kl"), [{"label_smoothing": 0.1}, {}]) is None
-  assert fused.select(("focal", "kl"), [{}, {}]) is None
-  assert fused.select(("ce", "dice"), [{}, {}]) is None
+  assert fused.select(("ce", "dice"), [{"reduction": "none"}, {}]) is None
+  assert fused.select(("focal", "kl"), [{}, {}]) is not None
+  assert fused.select(("ce", "dice"), [{}, {}]) is not None
 
 
 @pytest.mark.parametrize("term", ["l1", "kl", "db"])
@@ -107,3 +109,100 @@ def test_make_loss_without_the_fused_kernel_sums_the_plain_terms():
   if analysis is None:
     pytest.skip("this backend reports no memory analysis")
   assert analysis.temp_size_in_bytes >= 0.5 * np.prod(shape) * 4
+
+
+_OVERLAP_OPTIONS = [
+  {},
+  {"squared": True, "jaccard": True, "smooth_nr": 0.0, "smooth_dr": 0.0},
+  {"log": True, "batch": True, "include_background": False},
+  {"empty": "zero", "class_weights": (0.5, 1.0, 2.0, 1.5)},
+]
+
+
+def _compound_cases():
+  """(name, mode, options) triples covering every compound and the options that reshape it."""
+  cases = []
+  for mode in ("multiclass", "binary"):
+    for first in ("ce", "focal"):
+      for second in ("l1", "kl", "db"):
+        cases.append((f"{first}+{second}", mode, {"temperature": 4.0}))
+      cases.append((f"{first}+generalized_dice", mode, {"weighting": "simple"}))
+      cases.append((f"{first}+tversky", mode, {"beta": 0.7, "exponent": 1.5, "batch": True}))
+      for options in _OVERLAP_OPTIONS:
+        if mode == "binary" and "class_weights" in options:
+          options = {**options, "class_weights": (2.0,)}
+        cases.append((f"{first}+dice", mode, options))
+  cases.append(("focal+dice", "multiclass", {"gamma": 0.5, "alpha": (0.2, 0.3, 0.1, 0.4)}))
+  cases.append(("focal+kl", "binary", {"gamma": 1.5, "alpha": 0.25}))
+  return cases
+
+
+def _fused_and_plain(name, mode, options, logits, labels, where):
+  results = []
+  for fused_kernel in (True, False):
+    fn = losses.make_loss(
+      name, mode=mode, ignore_index=IGNORE, weight=0.3, fused_kernel=fused_kernel, **options
+    )
+    step = jax.jit(jax.value_and_grad(lambda x, f=fn: f(x, labels, where=where), has_aux=True))
+    results.append(step(logits))
+  return results
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5), (2, 3, 4, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize(
+  "name, mode, options",
+  _compound_cases(),
+  ids=[f"{n}-{m}-{'-'.join(o) or 'defaults'}" for n, m, o in _compound_cases()],
+)
+def test_every_fused_compound_equals_plain(name, mode, options, shape):
+  logits, labels = make_inputs(mode, shape=shape, seed=14)
+  if mode == "multiclass":
+    labels = labels.at[0, 0].set(9)  # out of range: the unchecked path in both
+  where = jnp.asarray(np.random.default_rng(2).random(shape) > 0.2)
+  ((v1, t1), g1), ((v2, t2), g2) = _fused_and_plain(name, mode, options, logits, labels, where)
+  np.testing.assert_allclose(
+    [v1, *t1.values()], [v2, *t2.values()], rtol=2e-6, atol=1e-7, err_msg=name
+  )
+  np.testing.assert_allclose(g1, g2, atol=1e-6 * float(jnp.max(jnp.abs(g2))), err_msg=name)
+
+
+@pytest.mark.parametrize(
+  "name, mode",
+  [("focal+dice", "multiclass"), ("ce+tversky", "multiclass"), ("ce+dice", "binary")],
+)
+def test_soft_targets_take_the_fused_path_or_fall_back_with_the_same_values(name, mode):
+  # Multiclass soft targets with a Dice-family term fall back to the plain terms; binary
+  # ones are fused (every binary term is elementwise in the one channel).
+  logits, labels = make_inputs(mode, seed=15)
+  raw = 2.0 * jnp.asarray(np.random.default_rng(15).standard_normal(logits.shape), jnp.float32)
+  targets = jax.nn.softmax(raw) if mode == "multiclass" else jax.nn.sigmoid(raw)
+  where = labels != IGNORE
+  options = {"squared": True} if name.endswith("dice") else {}
+  ((v1, _), g1), ((v2, _), g2) = _fused_and_plain(name, mode, options, logits, targets, where)
+  np.testing.assert_allclose(v1, v2, rtol=2e-6)
+  np.testing.assert_allclose(g1, g2, atol=1e-5 * float(jnp.max(jnp.abs(g2))))
+
+
+@pytest.mark.parametrize(
+  "name, options",
+  [
+    ("ce+dice", {}),
+    ("ce+dice", {"squared": True, "log": True, "batch": True, "include_background": False}),
+    ("ce+tversky", {}),
+    ("ce+generalized_dice", {}),
+    ("focal+dice", {}),
+    ("focal+l1", {"temperature": 10.0}),
+    ("focal+kl", {"temperature": 10.0}),
+    ("focal+db", {"temperature": 10.0}),
+  ],
+)
+def test_fused_compound_writes_nothing_of_the_logits_size_but_the_gradient(name, options):
+  shape = (2, 64, 128, 19)
+  logits = jax.ShapeDtypeStruct(shape, jnp.float32)
+  labels = jax.ShapeDtypeStruct(shape[:-1], jnp.int32)
+  fn = losses.make_loss(name, ignore_index=IGNORE, **options)
+  step = jax.jit(jax.grad(lambda x, y: fn(x, y)[0]))
+  analysis = step.lower(logits, labels).compile().memory_analysis()
+  if analysis is None:
+    pytest.skip("this backend reports no memory analysis")
+  assert analysis.temp_size_in_bytes < 0.5 * logits.size * 4
