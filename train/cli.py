@@ -51,7 +51,9 @@ def flags_parser(fields_file: str | None = None):
     try:
       return flags.FLAGS(argv)
     except flags.Error as error:
-      user_errors.fail(f"{error}\nPass --helpfull to see the flags.")
+      # absl's message may span lines ("Did you mean"); the error is still one line.
+      text = " ".join(str(error).split())
+      user_errors.fail(f"{text}; pass --helpfull to see the flags.")
     except config_errors as error:
       user_errors.fail(unknown_field_message(argv, error, fields_file))
 

@@ -7,12 +7,18 @@ first second instead of after an hour of training.
 from __future__ import annotations
 
 import contextlib
+import math
 
+import jax
 import ml_collections
+import numpy as np
 
 from regionloss_jax import data as rl_data
 from regionloss_jax import inference, losses
+from regionloss_jax.data import oxford_pet
+from regionloss_jax.models import unet
 from train import build
+from train.configs import base
 from train.user_errors import ConfigError
 
 PRECISIONS = ("float32", "bfloat16")
@@ -20,6 +26,27 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 WEIGHT_SCHEDULES = ("constant", "linear", "step")
 MODES = ("multiclass", "binary")
+# Seeds reach JAX's and grain's generators, which take 32-bit seeds.
+SEED_LIMIT = 2**31
+# The train state counts steps in int32, and schedules compare steps with it.
+STEP_LIMIT = 2**31
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_DEPTH = 16
+# Mask class ids are uint8 with 255 the ignore value: background plus at most 254 classes.
+MAX_CLASSES = 255
+# Numeric make_loss options: (what is valid, test). The losses take these unchecked, and a
+# zero temperature or a negative exponent gives NaN or a constant loss, not an error.
+LOSS_VALUES = {
+  "temperature": ("> 0", lambda v: v > 0),
+  "gamma": (">= 0", lambda v: v >= 0),
+  "alpha": (">= 0", lambda v: v >= 0),
+  "beta": (">= 0", lambda v: v >= 0),
+  "exponent": ("> 0", lambda v: v > 0),
+  "smooth_nr": (">= 0", lambda v: v >= 0),
+  "smooth_dr": (">= 0", lambda v: v >= 0),
+  "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+  "class_weights": (">= 0", lambda v: v >= 0),
+}
 
 
 def _choice(field: str, value, choices) -> None:
@@ -29,9 +56,49 @@ def _choice(field: str, value, choices) -> None:
     )
 
 
+def _integer(field: str, value, low: int = 1, high: int | None = None) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    ok = False
+  else:
+    ok = high is None or value < high
+  if not ok:
+    if high is not None:
+      valid = f"an integer in [{low}, {high})"
+    else:
+      valid = "a positive integer" if low == 1 else f"an integer >= {low}"
+    raise ConfigError(f"config.{field} must be {valid}, got {value!r}.")
+
+
 def _positive(field: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ConfigError(f"config.{field} must be a positive integer, got {value!r}.")
+  _integer(field, value, 1)
+
+
+def _real(field: str, value, valid: str, ok) -> None:
+  """``value`` a finite number for which ``ok(value)``; ``valid`` says which in words."""
+  if not _finite(value):
+    raise ConfigError(f"config.{field} must be a finite number {valid}, got {value!r}.")
+  if not ok(value):
+    raise ConfigError(f"config.{field} must be {valid}, got {value!r}.")
+
+
+def _finite(value) -> bool:
+  """A number that stays finite in float32, where the step computes with it (1e300 is inf)."""
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return number and math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
+def _at_least(field: str, value, low: float) -> None:
+  _real(field, value, f">= {low:g}", lambda v: v >= low)
+
+
+def _above(field: str, value, low: float) -> None:
+  _real(field, value, f"> {low:g}", lambda v: v > low)
+
+
+def _unit(field: str, value, *, open_top: bool) -> None:
+  """``value`` in ``[0, 1)`` (``open_top``) or ``[0, 1]``."""
+  valid = "in [0, 1)" if open_top else "in [0, 1]"
+  _real(field, value, valid, lambda v: 0.0 <= v < 1.0 if open_top else 0.0 <= v <= 1.0)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -44,27 +111,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _choice("loss.weight_schedule.kind", config.loss.weight_schedule.kind, WEIGHT_SCHEDULES)
   _choice("loss.mode", config.loss.mode, MODES)
   _choice("model.spatial_dims", config.model.spatial_dims, (2, 3))
-  for field in (
-    "steps",
-    "batch_size",
-    "eval_batch_size",
-    "eval_every",
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-    "max_nonfinite_steps",
-  ):
-    _positive(f"train.{field}", config.train[field])
-  if config.optimizer.learning_rate <= 0:
-    raise ConfigError(
-      f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}."
-    )
+  _check_train(config)
+  _check_optimizer(config)
+  _check_model(config)
   if config.loss.name not in losses.loss_names():
     raise ConfigError(
       f"config.loss.name={config.loss.name!r} is not a loss; choose one of: "
       f"{', '.join(losses.loss_names())}."
     )
-  # Unknown options fail here; the dataset's own ignore value is checked once it is open.
+  _check_loss_values(config)
+  valid = losses.valid_options(config.loss.name)
+  for option in base.LOSS_OPTION_TYPES:
+    if config.loss[option] is not None and option not in valid:
+      raise ConfigError(
+        f"config.loss.{option} is set, but loss {config.loss.name!r} takes no {option!r}; "
+        f"valid options: {', '.join(o for o in valid if o in base.LOSS_OPTION_TYPES)}."
+      )
+  # Option values the loss refuses fail here; the dataset's own ignore value is checked once
+  # it is open.
   ignore_index = config.loss.ignore_index
   with _as_config_error():
     losses.make_loss(
@@ -80,14 +144,126 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data)."
     )
   _check_sizes(config)
-  names, count = config.data.class_names, config.data.num_classes
-  if names and count is not None and len(names) != count:
-    raise ConfigError(
-      f"config.data.class_names has {len(names)} names but "
-      f"config.data.num_classes={count}; name every class, background first."
-    )
+  _check_data(config)
   with _as_config_error():
-    build.data_options(config)  # fields the dataset requires fail here
+    options = build.data_options(config)  # fields the dataset requires fail here
+  _check_value_map(options.get("value_map"), config.data.num_classes)
+
+
+def _check_train(config: ml_collections.ConfigDict) -> None:
+  # The loop takes step % log_every (and eval_every, checkpoint_every): 0 divides by zero.
+  for field in (
+    "steps",
+    "batch_size",
+    "eval_batch_size",
+    "eval_every",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "max_nonfinite_steps",
+  ):
+    _positive(f"train.{field}", config.train[field])
+  _integer("train.steps", config.train.steps, 1, STEP_LIMIT)
+  _integer("train.seed", config.train.seed, 0, SEED_LIMIT)
+  _integer("train.num_overlays", config.train.num_overlays, 0)
+  _positive("data.num_threads", config.data.num_threads)
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+  opt = config.optimizer
+  _above("optimizer.learning_rate", opt.learning_rate, 0)
+  _integer("optimizer.warmup_steps", opt.warmup_steps, 0, STEP_LIMIT)
+  _at_least("optimizer.end_learning_rate", opt.end_learning_rate, 0)
+  # A negative power sends the poly schedule to infinity at its last step.
+  _above("optimizer.poly_power", opt.poly_power, 0)
+  _unit("optimizer.momentum", opt.momentum, open_top=True)
+  _at_least("optimizer.weight_decay", opt.weight_decay, 0)
+  _at_least("optimizer.grad_clip_norm", opt.grad_clip_norm, 0)
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """What :class:`regionloss_jax.models.UNet` would refuse, but only after the data."""
+  model = config.model
+  # 2**depth must divide the image size; far beyond any image, it only costs time here.
+  _integer("model.depth", model.depth, 1, MAX_DEPTH + 1)
+  _positive("model.features", model.features)
+  if model.max_features is not None:
+    _integer("model.max_features", model.max_features, model.features)
+  _unit("model.dropout_rate", model.dropout_rate, open_top=True)
+  _choice("model.norm", model.norm, unet.NORMS)
+  _choice("model.activation", model.activation, tuple(unet.ACTIVATIONS))
+  _choice("model.upsample", model.upsample, unet.UPSAMPLINGS)
+  groups = unet.UNet.__init__.__kwdefaults__["num_groups"]
+  widths = unet.stage_widths(model.depth, model.features, model.max_features)
+  if model.norm == "group" and any(w % groups for w in widths):
+    raise ConfigError(
+      f"config.model.norm='group' splits every stage's channels into {groups} groups, but "
+      f"model.features={model.features} (max_features={model.max_features}) gives widths "
+      f"{widths}; use features divisible by {groups}, or norm='instance'."
+    )
+
+
+def _check_loss_values(config: ml_collections.ConfigDict) -> None:
+  loss = config.loss
+  if loss.weight is not None:
+    _at_least("loss.weight", loss.weight, 0)
+  for option, (valid, ok) in LOSS_VALUES.items():
+    value = loss[option]
+    if value is None:
+      continue
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      _real(f"loss.{option}", item, valid, ok)
+    if isinstance(value, (tuple, list)) and not value:
+      raise ConfigError(f"config.loss.{option}=() is empty; give one value, or one per class.")
+  schedule = loss.weight_schedule
+  _at_least("loss.weight_schedule.start_weight", schedule.start_weight, 0)
+  # optax holds a linear schedule of 0 steps at its start value: the target is never reached.
+  _integer("loss.weight_schedule.ramp_steps", schedule.ramp_steps, 1, STEP_LIMIT)
+  _above("loss.weight_schedule.factor", schedule.factor, 0)
+  _integer("loss.weight_schedule.step_size", schedule.step_size, 1, STEP_LIMIT)
+  if loss.ignore_index is not None:
+    _integer("loss.ignore_index", loss.ignore_index, 0, 256)
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  data = config.data
+  _choice("data.border", data.border, oxford_pet.BORDER_OPTIONS)
+  count = data.num_classes
+  if count is not None and (isinstance(count, bool) or not 2 <= count <= MAX_CLASSES):
+    raise ConfigError(
+      f"config.data.num_classes={count!r} must be an integer in [2, {MAX_CLASSES}]: "
+      "background plus at least one class, as uint8 class ids with 255 for ignored pixels."
+    )
+  names = data.class_names
+  if names is not None:
+    if any(not isinstance(n, str) or not n for n in names) or len(set(names)) != len(names):
+      raise ConfigError(
+        f"config.data.class_names={tuple(names)!r} must be distinct, non-empty names "
+        "(reports key every metric by them)."
+      )
+    if count is not None and len(names) != count:
+      raise ConfigError(
+        f"config.data.class_names has {len(names)} names but "
+        f"config.data.num_classes={count}; name every class, background first."
+      )
+  sizes = data.split_sizes
+  if sizes is not None and (
+    len(sizes) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes)
+  ):
+    raise ConfigError(
+      f"config.data.split_sizes={tuple(sizes)!r} must be 3 positive counts "
+      "(train, validation, test)."
+    )
+
+
+def _check_value_map(value_map: dict | None, num_classes: int | None) -> None:
+  """Raw values are what a mask file holds (up to 16 bits); class ids are uint8 labels."""
+  for raw, cls in (value_map or {}).items():
+    if not 0 <= raw < 2**16 or not (0 <= cls < (num_classes or 0) or cls == rl_data.IGNORE_INDEX):
+      raise ConfigError(
+        f"config.data.value_map maps {raw} to {cls}: raw values are in [0, 65535], class "
+        f"ids in [0, {num_classes}) or {rl_data.IGNORE_INDEX} (ignored)."
+      )
 
 
 @contextlib.contextmanager
@@ -142,30 +318,26 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
       "(128, 128, 128) for volumes) to train on patches and evaluate through "
       "sliding windows, or set data.image_size to resize every image."
     )
-  if not 0.0 <= data.foreground_fraction <= 1.0:
-    raise ConfigError(
-      f"config.data.foreground_fraction={data.foreground_fraction} must be in [0, 1]."
-    )
+  _unit("data.foreground_fraction", data.foreground_fraction, open_top=False)
   for field in ("spacing", "intensity_range"):
     value = data[field]
     if value and data.name != "volumes":
       raise ConfigError(
         f"config.data.{field} is for 3-D volumes (data.name='volumes'), not {data.name!r}."
       )
-  if data.spacing and (len(data.spacing) != 3 or min(data.spacing) <= 0):
+  if data.spacing and (
+    len(data.spacing) != 3 or not all(_finite(s) and s > 0 for s in data.spacing)
+  ):
     raise ConfigError(
       f"config.data.spacing={tuple(data.spacing)} must be three positive voxel "
       "sizes in mm, (D, H, W) order."
     )
-  if data.intensity_range and (
-    len(data.intensity_range) != 2 or data.intensity_range[0] >= data.intensity_range[1]
-  ):
+  window = data.intensity_range
+  if window and (len(window) != 2 or not all(map(_finite, window)) or window[0] >= window[1]):
     raise ConfigError(
-      f"config.data.intensity_range={tuple(data.intensity_range)} must be "
-      "(low, high) with low < high."
+      f"config.data.intensity_range={tuple(window)} must be (low, high), finite, with low < high."
     )
-  if not 0.0 <= config.inference.overlap < 1.0:
-    raise ConfigError(f"config.inference.overlap={config.inference.overlap} must be in [0, 1).")
+  _unit("inference.overlap", config.inference.overlap, open_top=True)
   _choice("inference.blend", config.inference.blend, inference.BLENDS)
 
 
@@ -193,6 +365,31 @@ def check_num_classes(config: ml_collections.ConfigDict, num_classes: int) -> No
       f"and one foreground); {config.data.name!r} has {num_classes}. Use "
       "loss.mode='multiclass'."
     )
+  _check_loss_fits(config, num_classes)
+
+
+def _check_loss_fits(config: ml_collections.ConfigDict, num_classes: int) -> None:
+  """Per-class loss options (``class_weights``, ``alpha``) must fit the dataset's classes,
+  known once it is open; the loss itself decides, traced on a dummy batch without compiling,
+  instead of failing in the first train step."""
+  ignore_index = config.loss.ignore_index
+  loss = losses.make_loss(
+    config.loss.name,
+    **build.loss_options(
+      config, ignore_index=rl_data.IGNORE_INDEX if ignore_index is None else ignore_index
+    ),
+  )
+  spatial = (4,) * config.model.spatial_dims
+  logits = jax.ShapeDtypeStruct((1, *spatial, build.model_channels(config, num_classes)), "float32")
+  labels = jax.ShapeDtypeStruct((1, *spatial), "int32")
+  try:
+    jax.eval_shape(lambda x, y: loss(x, y)[0], logits, labels)
+  except ValueError as error:
+    given = [f"loss.{o}={config.loss[o]!r}" for o in ("class_weights", "alpha") if config.loss[o]]
+    raise ConfigError(
+      f"config.{', '.join(given) or 'loss'} does not fit the {num_classes} classes of "
+      f"data.name={config.data.name!r}: {error}"
+    ) from error
 
 
 def check_ignore_index(config: ml_collections.ConfigDict, dataset_ignore_index: int) -> None:

@@ -9,8 +9,10 @@ What the model sees is decided by :mod:`regionloss_jax.data.preprocess`, not her
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -34,13 +36,34 @@ def volume_stem(path: pathlib.Path) -> str | None:
   return None
 
 
+@contextlib.contextmanager
+def open_image(path):
+  """``Image.open`` that refuses, before decoding, a header declaring more pixels than
+  ``PIL.Image.MAX_IMAGE_PIXELS``.
+
+  Pillow only warns up to twice that limit and then decodes: a corrupt or hostile header of
+  a few bytes would allocate gigabytes. ``MAX_IMAGE_PIXELS = None`` lifts the limit.
+  """
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below instead
+    im = Image.open(path)
+  with im:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+      raise ValueError(
+        f"header declares {im.width}x{im.height} pixels, more than the "
+        f"{limit} PIL.Image.MAX_IMAGE_PIXELS allows (a corrupt file, or raise that limit)"
+      )
+    yield im
+
+
 def read_image(path) -> np.ndarray:
   """An image file as ``(H, W, C)``: ``C = 1`` for grey-scale, 3 for colour.
 
   8-bit images are uint8; 16-bit ones uint16 (32-bit integer and float images keep their
   dtype). Palette images are expanded to RGB and an alpha channel is dropped.
   """
-  with Image.open(path) as im:
+  with open_image(path) as im:
     im.load()
     mode = im.mode
     if mode in HIGH_DEPTH_MODES:
@@ -58,7 +81,7 @@ def read_mask(path) -> np.ndarray:
 
   Raises ``ValueError`` for a colour mask whose channels differ.
   """
-  with Image.open(path) as im:
+  with open_image(path) as im:
     im.load()
     array = np.asarray(im)
   if array.ndim == 3:

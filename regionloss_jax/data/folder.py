@@ -20,13 +20,13 @@ import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from regionloss_jax.data import pairing, patches, preprocess
 from regionloss_jax.data.files import (
   GREY_MODES,
   HIGH_DEPTH_MODES,
   image_stem,
+  open_image,
   read_image,
   read_mask,
 )
@@ -42,7 +42,7 @@ def image_format(paths) -> tuple[int, int]:
   grey, high = True, False
   for path in paths:
     try:
-      with Image.open(path) as im:
+      with open_image(path) as im:
         mode = im.mode
     except Exception:  # noqa: BLE001  (check_pairs reports it)
       continue
@@ -51,10 +51,12 @@ def image_format(paths) -> tuple[int, int]:
   return (1 if grey else 3), (16 if high else 8)
 
 
-def check_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()) -> dict:
+def check_pairs(
+  pairs: dict, lookup: dict[int, int], *, root, problems=(), native: bool = False
+) -> dict:
   """Open every file, compare sizes and mask values; raise one :class:`DataError` naming
   every bad file, after ``problems`` already found (e.g. unpaired files). Warns for splits
-  whose masks are all background."""
+  whose masks are all background. ``native``: images keep their own size."""
   problems = list(problems)
   foreground = {}
   for split, split_pairs in pairs.items():
@@ -66,10 +68,14 @@ def check_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()) -> di
         problems.append(empty)
       else:
         try:
-          height, width = read_image(image_path).shape[:2]
-          image_size = (width, height)
+          image = read_image(image_path)
         except Exception as e:  # Pillow raises many types for bad files.
           problems.append(f"{image_path}: unreadable or corrupt image ({type(e).__name__}: {e})")
+        else:
+          image_size = (image.shape[1], image.shape[0])
+          nonfinite = pairing.nonfinite_problem(image_path, image, "image")
+          if nonfinite:
+            problems.append(nonfinite)
       empty = pairing.empty_file_problem(mask_path, "mask")
       if empty:
         problems.append(empty)
@@ -84,6 +90,9 @@ def check_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()) -> di
           f"{image_path} is {image_size[0]}x{image_size[1]} but its mask "
           f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (width x height)"
         )
+      small = pairing.too_small_problem(mask_path, mask.shape) if native else None
+      if small:
+        problems.append(small)
       values = np.unique(mask)
       message = pairing.value_problem(mask_path, values, lookup)
       if message:
@@ -237,7 +246,7 @@ def load_folder(
   def check():
     pairs, problems = pairing.find_pairs(root, stem=image_stem)
     # The paired files are read even when some are unpaired, so one report names them all.
-    check_pairs(pairs, lookup, root=root, problems=problems)
+    check_pairs(pairs, lookup, root=root, problems=problems, native=image_size is None)
     return pairing.carve_splits(
       pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
     )

@@ -106,6 +106,31 @@ def empty_file_problem(path: pathlib.Path, what: str) -> str | None:
   return None
 
 
+def nonfinite_problem(path: pathlib.Path, array: np.ndarray, what: str) -> str | None:
+  """A message for a float file holding NaN or inf, or ``None``: its percentile scaling would
+  turn the whole image into NaN, which the stored integers hide as zeros."""
+  if array.dtype.kind != "f" or np.isfinite(array).all():
+    return None
+  count = int(array.size - np.isfinite(array).sum())
+  return f"{path}: {what} holds {count} NaN or infinite value(s)"
+
+
+def too_small_problem(path: pathlib.Path, shape: tuple[int, ...]) -> str | None:
+  """A message for a native-resolution mask TFDS cannot read back, or ``None``.
+
+  TFDS stores a tensor of unknown shape as bytes plus its shape, and on reading keeps only
+  as many shape entries as there are bytes: a uint8 mask of fewer pixels than its rank
+  (2-D masks are ``(H, W, 1)``, volumes ``(D, H, W, 1)``) is written but fails every read.
+  """
+  rank = len(shape) + 1
+  if int(np.prod(shape)) >= rank:
+    return None
+  return (
+    f"{path}: {'x'.join(map(str, shape))} is too small to store at native resolution "
+    f"(at least {rank} pixels); remove it or set a fixed size to resize to"
+  )
+
+
 def carve_splits(pairs: dict, *, val_fraction: float, test_fraction: float, seed: int) -> dict:
   """Fill missing ``validation`` / ``test`` with a seeded random part of ``train``."""
   pairs = dict(pairs)

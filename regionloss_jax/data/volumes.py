@@ -31,9 +31,12 @@ RESAMPLE_MODES = preprocess.FIT_MODES
 MEAN, STD = 0.5, 0.25
 
 
-def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()) -> dict:
+def check_volume_pairs(
+  pairs: dict, lookup: dict[int, int], *, root, problems=(), native: bool = False
+) -> dict:
   """Read every volume; raise one :class:`DataError` naming every bad file, after
-  ``problems`` already found (e.g. unpaired files)."""
+  ``problems`` already found (e.g. unpaired files). ``native``: volumes keep their own
+  shape."""
   problems = list(problems)
   foreground = {}
   for split, split_pairs in pairs.items():
@@ -51,12 +54,19 @@ def check_volume_pairs(pairs: dict, lookup: dict[int, int], *, root, problems=()
         except Exception as e:
           problems.append(f"{path}: unreadable or corrupt {what} ({type(e).__name__}: {e})")
           continue
+        if what == "volume":
+          nonfinite = pairing.nonfinite_problem(path, array, what)
+          if nonfinite:
+            problems.append(nonfinite)
         if what == "label volume":
           if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(
             array, np.round(array)
           ):
             problems.append(f"{path}: label volume holds non-integer values")
             continue
+          small = pairing.too_small_problem(path, array.shape) if native else None
+          if small:
+            problems.append(small)
           values = np.unique(array).astype(np.int64)
           message = pairing.value_problem(path, values, lookup)
           if message:
@@ -230,7 +240,7 @@ def load_volumes(
   def check():
     pairs, problems = pairing.find_pairs(root, stem=volume_stem)
     # The paired volumes are read even when some are unpaired, so one report names them all.
-    check_volume_pairs(pairs, lookup, root=root, problems=problems)
+    check_volume_pairs(pairs, lookup, root=root, problems=problems, native=shape is None)
     return pairing.carve_splits(
       pairs, val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed
     )
