@@ -3,11 +3,14 @@
 On several hosts, each process also gets ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I`` (or none of them under SLURM, Open MPI or on a TPU
 slice, where JAX finds them itself).
+
+SIGTERM or Ctrl-C stops the run after the current step with a checkpoint, and exit status
+128 + the signal number; the same command resumes it (:mod:`train.preemption`).
 """
 
 from absl import app, flags
 
-from train import cli, loop, parallel, run_log, user_errors, xla_flags
+from train import cli, loop, parallel, preemption, run_log, user_errors, xla_flags
 
 FIELDS_FILE = "train/configs/base.py"
 _CONFIG = cli.define_config_flag(
@@ -41,7 +44,8 @@ def main(argv):
     process_id=_PROCESS_ID.value,
   )
   run_log.log_to_workdir(_WORKDIR.value)
-  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  with preemption.listening():
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":

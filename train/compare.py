@@ -7,7 +7,9 @@ region terms ``l1``/``kl``/``db``) is trained with ``config.tune.seed`` and scor
 Then every loss, with its chosen setting, is trained with each seed in
 ``range(config.seeds)`` (same data order per seed across losses) and evaluated on the test
 split. Each run is an ordinary, resumable workdir (``DIR/tune/...``, ``DIR/runs/<loss>/
-seed_<k>``); re-running the command trains only what is missing.
+seed_<k>``); re-running the command trains only what is missing. SIGTERM or Ctrl-C stops
+the run in progress after a checkpoint (exit status 128 + the signal), and the same command
+goes on from there.
 
 Writes ``DIR/report.json``, ``DIR/report.md`` and the figures in ``DIR/figures/``: means and
 standard deviations over seeds, and every loss paired against ``ce`` on the same test
@@ -26,7 +28,18 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from train import cli, loop, parallel, reporting, run_log, statistics, user_errors, xla_flags
+from train import (
+  cli,
+  loop,
+  parallel,
+  preemption,
+  reporting,
+  run_log,
+  statistics,
+  user_errors,
+  write_errors,
+  xla_flags,
+)
 from train import compare_figures as figures
 from train.configs import base as base_config
 
@@ -417,10 +430,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ).items():
     report["losses"][label]["vs_ce"] = comparison
   report["figures"] = figures.write_all(os.path.join(workdir, "figures"), runs, tuned)
-  with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump(report, f, indent=2)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(_markdown(report, config))
+  write_errors.write_json(
+    os.path.join(workdir, "report.json"), report, what="the report", workdir=workdir
+  )
+  markdown = os.path.join(workdir, "report.md")
+  with write_errors.writing(markdown, "the report", workdir=workdir):
+    with open(markdown + ".tmp", "w") as f:
+      f.write(_markdown(report, config))
+    os.replace(markdown + ".tmp", markdown)
   return report
 
 
@@ -430,7 +447,8 @@ def main(argv):
   xla_flags.set_defaults()
   parallel.split_cpu(_CONFIG.value.base.parallel.cpu_devices)
   run_log.log_to_workdir(_WORKDIR.value)
-  run_study(_CONFIG.value, _WORKDIR.value)
+  with preemption.listening():
+    run_study(_CONFIG.value, _WORKDIR.value)
   with open(os.path.join(_WORKDIR.value, "report.md")) as f:
     print(f.read())
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -16,6 +18,7 @@ from tqdm import tqdm
 
 from regionloss_jax import data as rl_data
 from train import (
+  bookkeeping,
   checkpoints,
   config_checks,
   datasets,
@@ -23,8 +26,10 @@ from train import (
   parallel,
   plots,
   predictor,
+  preemption,
   reporting,
   scoring,
+  write_errors,
 )
 from train import step as step_lib
 from train.user_errors import ConfigError
@@ -89,10 +94,8 @@ def write_inference_record(workdir: str, data, window) -> None:
     "window": list(window),
     "preprocessing": data.preprocessing.to_dict() if data.preprocessing else None,
   }
-  tmp = os.path.join(workdir, INFERENCE_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, INFERENCE_FILE))
+  path = os.path.join(workdir, INFERENCE_FILE)
+  write_errors.write_json(path, record, what="the inference record", workdir=workdir)
 
 
 def _check_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
@@ -128,24 +131,31 @@ def _as_current_fields(previous: dict) -> dict:
 
 
 def _reset_workdir(workdir: str, current: dict, overwrite: bool) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  if overwrite:
-    for name in (
-      "checkpoints",
-      reporting.METRICS_FILE,
-      SUMMARY_FILE,
-      PER_IMAGE_FILE,
-      INFERENCE_FILE,
-      "tensorboard",
-      "plots",
-    ):
-      target = os.path.join(workdir, name)
-      if os.path.isdir(target):
-        shutil.rmtree(target)
-      elif os.path.exists(target):
-        os.remove(target)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    json.dump(current, f, indent=2)
+  """Writes the config, after removing an old run's outputs with ``overwrite``."""
+  with write_errors.writing(workdir, "the run's directory", workdir=workdir):
+    os.makedirs(workdir, exist_ok=True)
+    if overwrite:
+      _remove_outputs(workdir)
+  path = os.path.join(workdir, CONFIG_FILE)
+  write_errors.write_json(path, current, what="the config", workdir=workdir)
+
+
+def _remove_outputs(workdir: str) -> None:
+  """Removes what an earlier run wrote (``--overwrite``); the config is replaced after."""
+  for name in (
+    "checkpoints",
+    reporting.METRICS_FILE,
+    SUMMARY_FILE,
+    PER_IMAGE_FILE,
+    INFERENCE_FILE,
+    "tensorboard",
+    "plots",
+  ):
+    target = os.path.join(workdir, name)
+    if os.path.isdir(target):
+      shutil.rmtree(target)
+    elif os.path.exists(target):
+      os.remove(target)
 
 
 def _differences(a, b, prefix=""):
@@ -208,9 +218,8 @@ def _finish_without_test(workdir: str, best: int, lead: bool) -> dict:
   validation = {**(at_best or records)[-1], "checkpoint_step": int(best)}
   if lead:
     path = os.path.join(workdir, SUMMARY_FILE)
-    with open(path + ".tmp", "w") as f:
-      json.dump({"validation": validation}, f, indent=2)
-    os.replace(path + ".tmp", path)
+    record = {"validation": validation}
+    write_errors.write_json(path, record, what="the summary", workdir=workdir)
   return validation
 
 
@@ -224,7 +233,8 @@ def train_and_evaluate(
   ``config.train.evaluate_test`` false the test split is never opened: the result is the
   best checkpoint's validation record (``summary.json`` under ``"validation"``), what the
   study tunes settings on. Raises ``Diverged`` or ``OutOfMemory`` with a message for the
-  user.
+  user, and ``preemption.Preempted`` after saving a checkpoint when a signal asked the run
+  to stop (inside ``preemption.listening()``).
   """
   try:
     return _train_and_evaluate(config, workdir, overwrite=overwrite)
@@ -232,6 +242,245 @@ def train_and_evaluate(
     if "RESOURCE_EXHAUSTED" not in str(error):
       raise
     raise OutOfMemory(_out_of_memory_message(config, workdir, error)) from error
+
+
+@dataclasses.dataclass
+class _Run:
+  """What training and the final evaluation share: the data, the compiled step, the
+  evaluator and the checkpoints."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  splits: dict
+  mesh: jax.sharding.Mesh
+  abstract_state: Any
+  train_step: Callable
+  predictor: predictor.Predictor
+  score_fn: Callable
+  checkpoints: Any  # orbax CheckpointManager
+
+  @property
+  def lead(self) -> bool:
+    return jax.process_index() == 0
+
+  @property
+  def class_names(self) -> list[str]:
+    return self.splits["train"].class_names
+
+  @property
+  def ignore_index(self) -> int:
+    return self.splits["train"].ignore_index
+
+  def evaluate(self, state, split: str, at_step: int, keep: int = 0) -> dict:
+    self.predictor.load(state.params, state.rest)
+    return scoring.evaluate_split(
+      self.predictor,
+      self.score_fn,
+      datasets.eval_examples(self.config, self.splits[split]),
+      weight=float(optim.loss_weight_schedule(self.config)(at_step)),
+      class_names=self.class_names,
+      ignore_index=self.ignore_index,
+      keep=keep,
+    )
+
+
+def _open_splits(config: ml_collections.ConfigDict) -> dict:
+  # A run that must not see the test split (tuning) never opens it.
+  names = ("train", "validation") + (("test",) if config.train.evaluate_test else ())
+  splits = {s: datasets.open_split(config, s) for s in names}
+  config_checks.check_num_classes(config, len(splits["train"].class_names))
+  for data in splits.values():
+    config_checks.check_ignore_index(config, data.ignore_index)
+  return splits
+
+
+def _build(config: ml_collections.ConfigDict, workdir: str):
+  """``(run, initial_state)``: the model, optimiser and step compiled for the mesh."""
+  splits = _open_splits(config)
+  train = splits["train"]
+  model = step_lib.make_model(
+    config,
+    in_channels=np.shape(train.source[0]["image"])[-1],
+    num_classes=len(train.class_names),
+    seed=config.train.seed,
+  )
+  optimizer = optim.make_optimizer(config)
+  graphdef, eval_graphdef, state = step_lib.init_state(model, optimizer)
+  mesh = parallel.make_mesh()
+  shardings = parallel.step_shardings(state, mesh, shard_params=config.parallel.shard_params)
+  state = parallel.put_state(state, shardings.state)
+  window = predictor.window_size(config, datasets.spatial_shape(config, train))
+  if jax.process_index() == 0:
+    write_inference_record(workdir, train, window)
+  run = _Run(
+    config=config,
+    workdir=workdir,
+    splits=splits,
+    mesh=mesh,
+    abstract_state=parallel.abstract(state, shardings.state),
+    train_step=step_lib.make_train_step(
+      config, graphdef, optimizer, shardings, ignore_index=train.ignore_index
+    ),
+    predictor=predictor.Predictor(config, eval_graphdef, window=window),
+    score_fn=scoring.make_score_fn(config, ignore_index=train.ignore_index),
+    checkpoints=checkpoints.manager(workdir, keep=config.train.keep_checkpoints),
+  )
+  return run, state
+
+
+class _Progress(NamedTuple):
+  """Where training stands: the last step done, its state and data position, and the
+  bookkeeping of the log interval it is in."""
+
+  step: int
+  state: Any
+  iterator: Any
+  means: bookkeeping.StepMeans
+  nonfinite: bookkeeping.NonfiniteSteps
+
+
+def _resume(run: _Run, state) -> _Progress:
+  """The newest readable checkpoint's progress, or step 0 with ``state``."""
+  iterator = iter(datasets.train_pipeline(run.config, run.splits["train"]))
+  limit = run.config.train.max_nonfinite_steps
+  start, restored, data_state, saved = checkpoints.restore_newest_readable(
+    run.checkpoints, run.abstract_state, os.path.join(run.workdir, "corrupt_checkpoints")
+  )
+  if not start:
+    return _Progress(0, state, iterator, bookkeeping.StepMeans(), bookkeeping.NonfiniteSteps(limit))
+  iterator.set_state(data_state)
+  logging.info("resumed from step %d", start)
+  if not saved:  # a checkpoint from before 2026-12-03, always at the end of a log interval
+    saved = {
+      "means": bookkeeping.StepMeans().state(),
+      "nonfinite": {"consecutive": 0, "skipped": 0},
+    }
+  return _Progress(
+    start,
+    restored,
+    iterator,
+    bookkeeping.StepMeans.from_state(saved["means"]),
+    bookkeeping.NonfiniteSteps.from_state(saved["nonfinite"], limit=limit),
+  )
+
+
+def _diverged(run: _Run, nonfinite: bookkeeping.NonfiniteSteps, bad_step: int) -> Diverged:
+  last = run.checkpoints.latest_step()
+  good = (
+    f"step {last} in {os.path.join(run.workdir, 'checkpoints')}"
+    if last
+    else "none (the run stopped before its first checkpoint)"
+  )
+  return Diverged(
+    f"non-finite loss or gradient for {nonfinite.consecutive} consecutive steps, the last at "
+    f"step {bad_step}; stopping. Those updates were skipped and nothing non-finite "
+    f"was checkpointed; the last good checkpoint is {good}. Lower "
+    "optimizer.learning_rate, keep optimizer.grad_clip_norm > 0, or check the data."
+  )
+
+
+def _validate(run: _Run, state, writer: reporting.MetricWriter, step: int) -> float:
+  """Validation Dice at ``step`` (written to the metrics), what "best" is chosen by."""
+  result = run.evaluate(state, "validation", step)
+  writer.write(step, "val", flatten_summary(result["summary"]))
+  # None when no validation image holds a foreground class: such a step is never "best".
+  dice = result["summary"]["dice"]
+  return -1.0 if dice is None else dice
+
+
+def _train(run: _Run, progress: _Progress, writer: reporting.MetricWriter):
+  """Steps from ``progress.step`` to ``train.steps``: logs every ``log_every`` steps,
+  validates and saves on schedule. Stops with ``Diverged``, or with
+  ``preemption.Preempted`` after saving when a signal asks for it. The progress bar is
+  closed first either way, so that an error is the console's last line."""
+  train = run.config.train
+  state, iterator, means, nonfinite = progress[1:]
+  with tqdm(
+    total=train.steps,
+    initial=progress.step,
+    disable=not run.lead,
+    unit="step",
+    dynamic_ncols=True,
+    mininterval=2.0,
+  ) as bar:
+    for step in range(progress.step + 1, train.steps + 1):
+      state, step_metrics = run.train_step(
+        state, parallel.put_train_batch(next(iterator), run.mesh)
+      )
+      nonfinite.add(step_metrics.pop("nonfinite"))
+      means.add(step_metrics)
+      log_now = step % train.log_every == 0 or step == train.steps
+      evaluate_now = step % train.eval_every == 0 or step == train.steps
+      stop_signal = preemption.stop_signal(step)
+      save_now = evaluate_now or step % train.checkpoint_every == 0 or stop_signal is not None
+      # One host sync per interval, not per step.
+      if log_now or save_now or len(nonfinite.pending) >= train.max_nonfinite_steps:
+        bad_step = nonfinite.check(step)
+        if bad_step is not None:
+          raise _diverged(run, nonfinite, bad_step)
+      if log_now:
+        record = {**means.record(train.batch_size), "nonfinite_steps": nonfinite.skipped}
+        writer.write(step, "train", record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+      bar.update(1)
+      val_dice = _validate(run, state, writer, step) if evaluate_now else None
+      if save_now:
+        counters = {"means": means.state(), "nonfinite": nonfinite.state()}
+        checkpoints.save(
+          run.checkpoints, step, state, iterator.get_state(), val_dice, progress=counters
+        )
+        means.restart_clock()  # evaluation and saving are not training throughput
+      if stop_signal is not None:
+        checkpoint_dir = os.path.join(os.path.abspath(run.workdir), "checkpoints")
+        raise preemption.Preempted(
+          preemption.message(stop_signal, step, checkpoint_dir), stop_signal
+        )
+  logging.info(
+    "process %d of %d: parameter checksum %.12e",
+    jax.process_index(),
+    jax.process_count(),
+    parallel.local_checksum(state.params),
+  )
+
+
+def _report_finished(workdir: str, lead: bool) -> dict:
+  with open(os.path.join(workdir, SUMMARY_FILE)) as f:
+    finished = json.load(f)
+  logging.info("%s is finished; nothing to train", workdir)
+  if "test" not in finished:
+    return finished["validation"]
+  if lead:
+    _print_table(finished["test"], finished["plots"])
+  return finished["test"]
+
+
+def _test_best(run: _Run, writer: reporting.MetricWriter) -> dict:
+  """Evaluates the best checkpoint on the test split; writes the per-image results, the
+  summary and the plots."""
+  best = checkpoints.best_step(run.checkpoints) or run.checkpoints.latest_step()
+  best_state, _, _ = checkpoints.restore(run.checkpoints, best, run.abstract_state)
+  steps = run.config.train.steps
+  test = run.evaluate(best_state, "test", steps, keep=run.config.train.num_overlays)
+  summary = {**test["summary"], "checkpoint_step": int(best)}
+  per_image_path = os.path.join(run.workdir, PER_IMAGE_FILE)
+  if run.lead:
+    with write_errors.writing(per_image_path, "the per-image results", workdir=run.workdir):
+      np.savez_compressed(per_image_path, **test["per_image"])
+  writer.write(steps, "test", flatten_summary(summary))
+  if run.lead:
+    plots_dir = os.path.join(run.workdir, "plots")
+    with write_errors.writing(plots_dir, "the plots", workdir=run.workdir):
+      plot_paths = plots.write_all(
+        run.workdir, reporting.read_metrics(run.workdir), test, run.class_names
+      )
+    write_errors.write_json(
+      os.path.join(run.workdir, SUMMARY_FILE),
+      {"test": summary, "plots": plot_paths},
+      what="the summary",
+      workdir=run.workdir,
+    )
+    _print_table(summary, plot_paths)
+  return summary
 
 
 def _train_and_evaluate(
@@ -245,153 +494,17 @@ def _train_and_evaluate(
     jax.devices()[0].device_kind,
     jax.process_count(),
   )
-  lead = jax.process_index() == 0
   _check_workdir(config, workdir, overwrite)
-  summary_path = os.path.join(workdir, SUMMARY_FILE)
-
-  # A run that must not see the test split (tuning) never opens it.
-  names = ("train", "validation") + (("test",) if config.train.evaluate_test else ())
-  splits = {s: datasets.open_split(config, s) for s in names}
-  class_names = splits["train"].class_names
-  config_checks.check_num_classes(config, len(class_names))
-  ignore_index = splits["train"].ignore_index
-  for data in splits.values():
-    config_checks.check_ignore_index(config, data.ignore_index)
-  example = splits["train"].source[0]["image"]
-  model = step_lib.make_model(
-    config, in_channels=np.shape(example)[-1], num_classes=len(class_names), seed=config.train.seed
-  )
-  optimizer = optim.make_optimizer(config)
-  graphdef, eval_graphdef, state = step_lib.init_state(model, optimizer)
-  mesh = parallel.make_mesh()
-  shardings = parallel.step_shardings(state, mesh, shard_params=config.parallel.shard_params)
-  state = parallel.put_state(state, shardings.state)
-  abstract_state = parallel.abstract(state, shardings.state)
-  train_step = step_lib.make_train_step(
-    config, graphdef, optimizer, shardings, ignore_index=ignore_index
-  )
-  score_fn = scoring.make_score_fn(config, ignore_index=ignore_index)
-  window = predictor.window_size(config, datasets.spatial_shape(config, splits["train"]))
-  if lead:
-    write_inference_record(workdir, splits["train"], window)
-  weight_schedule = optim.loss_weight_schedule(config)
-
-  whole_images = predictor.Predictor(config, eval_graphdef, window=window)
-
-  def evaluate(state, split: str, at_step: int, keep: int = 0) -> dict:
-    whole_images.load(state.params, state.rest)
-    return scoring.evaluate_split(
-      whole_images,
-      score_fn,
-      datasets.eval_examples(config, splits[split]),
-      weight=float(weight_schedule(at_step)),
-      class_names=class_names,
-      ignore_index=ignore_index,
-      keep=keep,
-    )
-
-  mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
-  iterator = iter(datasets.train_pipeline(config, splits["train"]))
-  start, restored, data_state = checkpoints.restore_newest_readable(
-    mngr, abstract_state, os.path.join(workdir, "corrupt_checkpoints")
-  )
-  if start:
-    state = restored
-    iterator.set_state(data_state)
-    logging.info("resumed from step %d", start)
-  if start >= config.train.steps and os.path.exists(summary_path):
-    with open(summary_path) as f:
-      finished = json.load(f)
-    logging.info("%s is finished (step %d); nothing to train", workdir, start)
-    if "test" not in finished:
-      return finished["validation"]
-    if lead:
-      _print_table(finished["test"], finished["plots"])
-    return finished["test"]
-
-  writer = reporting.MetricWriter(workdir, enabled=lead, resume_step=start)
-
-  def validate(at_step: int) -> float:
-    result = evaluate(state, "validation", at_step)
-    writer.write(at_step, "val", flatten_summary(result["summary"]))
-    # None when no validation image holds a foreground class: such a step is never "best".
-    dice = result["summary"]["dice"]
-    return -1.0 if dice is None else dice
-
-  progress = tqdm(
-    total=config.train.steps,
-    initial=start,
-    disable=not lead,
-    unit="step",
-    dynamic_ncols=True,
-    mininterval=2.0,
-  )
-  sums, count, clock = {}, 0, time.perf_counter()
-  nonfinite_flags, consecutive, skipped = [], 0, 0
-  for step in range(start + 1, config.train.steps + 1):
-    state, step_metrics = train_step(state, parallel.put_train_batch(next(iterator), mesh))
-    nonfinite_flags.append(step_metrics.pop("nonfinite"))
-    for key, value in step_metrics.items():
-      sums[key] = sums.get(key, 0.0) + value
-    count += 1
-    last_of_interval = step % config.train.log_every == 0 or step == config.train.steps
-    if last_of_interval or len(nonfinite_flags) >= config.train.max_nonfinite_steps:
-      # One host sync per interval, not per step.
-      for offset, flag in enumerate(jax.device_get(nonfinite_flags)):
-        consecutive = consecutive + 1 if flag else 0
-        skipped += int(flag)
-        if consecutive >= config.train.max_nonfinite_steps:
-          bad_step = step - len(nonfinite_flags) + offset + 1
-          last = mngr.latest_step()
-          good = (
-            f"step {last} in {os.path.join(workdir, 'checkpoints')}"
-            if last
-            else "none (the run stopped before its first checkpoint)"
-          )
-          raise Diverged(
-            f"non-finite loss or gradient for {consecutive} consecutive steps, the last at "
-            f"step {bad_step}; stopping. Those updates were skipped and nothing non-finite "
-            f"was checkpointed; the last good checkpoint is {good}. Lower "
-            "optimizer.learning_rate, keep optimizer.grad_clip_norm > 0, or check the data."
-          )
-      nonfinite_flags = []
-    if last_of_interval:
-      record = {key: float(value) / count for key, value in sums.items()}
-      record["nonfinite_steps"] = skipped
-      record["images_per_s"] = count * config.train.batch_size / (time.perf_counter() - clock)
-      writer.write(step, "train", record)
-      progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-      sums, count, clock = {}, 0, time.perf_counter()
-    progress.update(1)
-    evaluate_now = step % config.train.eval_every == 0 or step == config.train.steps
-    val_dice = validate(step) if evaluate_now else None
-    if evaluate_now or step % config.train.checkpoint_every == 0:
-      checkpoints.save(mngr, step, state, iterator.get_state(), val_dice)
-      clock = time.perf_counter()  # evaluation and saving are not training throughput
-  progress.close()
-  logging.info(
-    "process %d of %d: parameter checksum %.12e",
-    jax.process_index(),
-    jax.process_count(),
-    parallel.local_checksum(state.params),
-  )
-
-  best = checkpoints.best_step(mngr) or mngr.latest_step()
-  if not config.train.evaluate_test:
+  run, state = _build(config, workdir)
+  progress = _resume(run, state)
+  if progress.step >= config.train.steps and os.path.exists(os.path.join(workdir, SUMMARY_FILE)):
+    return _report_finished(workdir, run.lead)
+  writer = reporting.MetricWriter(workdir, enabled=run.lead, resume_step=progress.step)
+  try:
+    _train(run, progress, writer)
+    if not config.train.evaluate_test:
+      best = checkpoints.best_step(run.checkpoints) or run.checkpoints.latest_step()
+      return _finish_without_test(workdir, best, run.lead)
+    return _test_best(run, writer)
+  finally:
     writer.close()
-    return _finish_without_test(workdir, best, lead)
-  best_state, _ = checkpoints.restore(mngr, best, abstract_state)
-  test = evaluate(best_state, "test", config.train.steps, keep=config.train.num_overlays)
-  summary = {**test["summary"], "checkpoint_step": int(best)}
-  if lead:
-    np.savez_compressed(os.path.join(workdir, PER_IMAGE_FILE), **test["per_image"])
-  writer.write(config.train.steps, "test", flatten_summary(summary))
-  writer.close()
-  if lead:
-    plot_paths = plots.write_all(workdir, reporting.read_metrics(workdir), test, class_names)
-    tmp = summary_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"test": summary, "plots": plot_paths}, f, indent=2)
-    os.replace(tmp, summary_path)
-    _print_table(summary, plot_paths)
-  return summary

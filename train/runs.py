@@ -91,7 +91,7 @@ def open_run(workdir: str, *, checkpoint: str = "best") -> TrainedRun:
   abstract = parallel.abstract(abstract, jax.tree.map(lambda _: local, abstract))
   mngr = checkpoints.manager(workdir, keep=config.train.keep_checkpoints)
   step = checkpoint_step(mngr, checkpoint, workdir)
-  state, _ = checkpoints.restore(mngr, step, abstract)
+  state, _, _ = checkpoints.restore(mngr, step, abstract)
   return TrainedRun(
     config,
     class_names,

@@ -2,7 +2,8 @@
 
 Only the types named here are caught, so a programming error still shows its traceback;
 ``--verbose`` shows it for these too. Exit status 2 means fix the command line or config
-and run again; 1 means the run itself failed (bad data, a missing file, divergence).
+and run again; 1 means the run itself failed (bad data, a missing file, divergence);
+128 + N means signal N stopped the run after a checkpoint (:mod:`train.preemption`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import NoReturn
 from absl import app, flags
 
 from regionloss_jax.data.source import DataError
+from train import preemption
+from train.write_errors import WriteFailed
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -28,9 +31,9 @@ class ConfigError(ValueError):
   """A config value or command-line choice that cannot work; the message names it."""
 
 
-# The run's own failures a user causes: bad data files, or a --workdir, --input or data.dir
-# that is not there.
-FAILURES = (DataError, FileNotFoundError, NotADirectoryError)
+# The run's own failures a user causes: bad data files, a --workdir, --input or data.dir
+# that is not there, or a workdir on a full or read-only disk.
+FAILURES = (DataError, FileNotFoundError, NotADirectoryError, WriteFailed)
 
 
 def verbose(argv: list[str] | None = None) -> bool:
@@ -58,6 +61,9 @@ def guard(main, failures: tuple[type[BaseException], ...] = ()):
   def guarded(argv):
     try:
       return main(argv)
+    except preemption.Preempted as stopped:
+      print(stopped, file=sys.stderr)
+      sys.exit(stopped.exit_code)
     except (ConfigError, app.UsageError) as error:
       fail(str(error), USAGE_EXIT)
     except FAILURES + failures as error:

@@ -1,13 +1,19 @@
-"""The study: loss specs, and a tiny two-loss, one-seed study whose report matches its runs."""
+"""The study: loss specs, a tiny two-loss study whose report matches its runs, and a
+study stopped with Ctrl-C that resumes to the same report."""
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from tests.train.helpers import make_tiny
+from tests.train.helpers import REPO, TINY_FIELDS, make_tiny
 from train import compare, datasets, loop
 from train.configs import compare as compare_config
 
@@ -160,3 +166,65 @@ def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
 
   rerun = compare.run_study(_tiny_study_config(cache_dir), str(tmp_path))  # finished runs
   assert rerun["losses"] == report["losses"]
+
+
+def _study_command(workdir, cache_dir):
+  base = {
+    **TINY_FIELDS,
+    "data.cache_dir": cache_dir,
+    "train.steps": 30,
+    "train.eval_every": 30,
+    "train.checkpoint_every": 5,
+    "train.log_every": 5,
+  }
+  return [
+    sys.executable,
+    "-m",
+    "train.compare",
+    f"--workdir={workdir}",
+    "--config.losses=('ce','dice')",
+    "--config.seeds=1",
+    "--config.bootstrap_samples=200",
+    *[f"--config.base.{k}={str(v).replace(' ', '')}" for k, v in base.items()],
+  ]
+
+
+def _without_paths(report):
+  losses = json.loads(json.dumps(report["losses"]))
+  for row in losses.values():
+    for run in row["runs"]:
+      run.pop("workdir")
+  return losses
+
+
+def test_study_stopped_by_ctrl_c_resumes_to_the_uninterrupted_report(tmp_path, cache_dir):
+  straight = subprocess.run(
+    _study_command(tmp_path / "straight", cache_dir), cwd=REPO, capture_output=True, text=True
+  )
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  workdir = tmp_path / "stopped"
+  process = subprocess.Popen(
+    _study_command(workdir, cache_dir),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  first_run = workdir / "runs" / "ce" / "seed_0"
+  deadline = time.time() + 300
+  while not (first_run / "checkpoints" / "5").exists():
+    assert process.poll() is None and time.time() < deadline, "the study ended too soon"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  _, err = process.communicate(timeout=300)
+  assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+  assert re.search(r"stopped by SIGINT after step \d+; .*Run the same command", err)
+  assert not (workdir / "report.json").exists()
+
+  resumed = subprocess.run(
+    _study_command(workdir, cache_dir), cwd=REPO, capture_output=True, text=True
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  reports = [json.loads((w / "report.json").read_text()) for w in (tmp_path / "straight", workdir)]
+  assert _without_paths(reports[1]) == _without_paths(reports[0])

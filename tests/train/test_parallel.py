@@ -4,9 +4,11 @@ simulated CPU devices and on two processes talking over loopback."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +249,60 @@ def test_two_processes_over_loopback_train_one_model(tmp_path, cache_dir):
     assert process.returncode == 0, err[-3000:]
   assert [re.findall(r"predicting (\d) of 5", log.read_text())[-1] for log in logs] == ["3", "2"]
   assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"new{i}.png" for i in range(5)]
+
+
+def _two_processes(workdir, cache_dir, overrides, module="train"):
+  address = f"127.0.0.1:{_free_port()}"
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        module,
+        f"--workdir={workdir}",
+        *tiny_flags(cache_dir, **overrides),
+        f"--coordinator_address={address}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, cache_dir):
+  config = default.get_config()
+  make_tiny(config, cache_dir)
+  for split in ("train", "validation", "test"):
+    datasets.open_split(config, split)
+  overrides = {"train.steps": 60, "train.eval_every": 60, "train.log_every": 10}
+  workdir = tmp_path / "two"
+  processes = _two_processes(workdir, cache_dir, overrides)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "3").exists():
+    assert all(p.poll() is None for p in processes) and time.time() < deadline
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)  # as a scheduler preempting one host
+  errors = [p.communicate(timeout=300)[1] for p in processes]
+  assert [p.returncode for p in processes] == [143, 143], errors[0][-2000:] + errors[1][-2000:]
+  steps = [re.search(r"stopped by SIGTERM after step (\d+);", e).group(1) for e in errors]
+  assert steps[0] == steps[1]
+  assert (workdir / "checkpoints" / steps[0]).is_dir()
+  assert not (workdir / "summary.json").exists()
+
+  # The same command, on both processes, finishes the run from that checkpoint.
+  processes = _two_processes(workdir, cache_dir, overrides)
+  errors = [p.communicate(timeout=600)[1] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+  logs = [workdir / "log.txt", workdir / "log.process_1.txt"]
+  for log in logs:
+    assert f"resumed from step {steps[0]}" in log.read_text()
+  checksums = [re.findall(r"parameter checksum (\S+)", log.read_text()) for log in logs]
+  assert checksums[0] == checksums[1] and len(checksums[0]) == 1
+  with open(workdir / "metrics.jsonl") as f:
+    train_steps = [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
+  assert train_steps == list(range(10, 61, 10))

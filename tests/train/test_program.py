@@ -94,9 +94,29 @@ def test_few_step_run_writes_every_output(tmp_path, cache_dir, finished_tiny_run
   )
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
+def _start(workdir, cache_dir, overrides):
+  command = [
+    sys.executable,
+    "-m",
+    "train",
+    f"--workdir={workdir}",
+    *tiny_flags(cache_dir, **overrides),
+  ]
+  return subprocess.Popen(
+    command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
+
+
+def _wait_for(path, process, timeout=300):
+  deadline = time.time() + timeout
+  while not path.exists():
+    assert process.poll() is None and time.time() < deadline, f"run ended before {path}"
+    time.sleep(0.05)
+
+
+def test_killed_or_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
   # Patch training (random positions, foreground oversampling) and sliding-window
-  # evaluation: the data iterator's state must carry the patch stream across the kill.
+  # evaluation: the data iterator's state must carry the patch stream across the stop.
   overrides = {
     "train.steps": 120,
     "train.checkpoint_every": 10,
@@ -105,31 +125,36 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
     "data.patch_size": (16, 16),
   }
   run_program(tmp_path / "straight", cache_dir, **overrides)
+  straight = json.loads((tmp_path / "straight" / "summary.json").read_text())["test"]
 
-  workdir = tmp_path / "killed"
-  command = [
-    sys.executable,
-    "-m",
-    "train",
-    f"--workdir={workdir}",
-    *tiny_flags(cache_dir, **overrides),
-  ]
-  process = subprocess.Popen(
-    command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 300
-  while not (workdir / "checkpoints" / "10").exists():
-    assert process.poll() is None and time.time() < deadline, "run ended before step 10"
-    time.sleep(0.05)
+  # SIGKILL: nothing after the last periodic checkpoint survives, and nothing is needed.
+  killed = tmp_path / "killed"
+  process = _start(killed, cache_dir, overrides)
+  _wait_for(killed / "checkpoints" / "10", process)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  assert not (workdir / "summary.json").exists()
+  assert not (killed / "summary.json").exists()
 
-  run_program(workdir, cache_dir, **overrides)
-  straight = json.loads((tmp_path / "straight" / "summary.json").read_text())["test"]
-  resumed = json.loads((workdir / "summary.json").read_text())["test"]
-  assert resumed == straight
-  assert _without_timing(_records(workdir)) == _without_timing(_records(tmp_path / "straight"))
+  # SIGTERM (a scheduler's preemption): the step in progress ends, is saved, usually in
+  # the middle of a log interval, and the exit status says which signal stopped the run.
+  stopped = tmp_path / "stopped"
+  process = _start(stopped, cache_dir, overrides)
+  _wait_for(stopped / "checkpoints" / "10", process)
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=300)
+  assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+  message = err.strip().splitlines()[-1]
+  step = int(re.fullmatch(r"stopped by SIGTERM after step (\d+); .*", message).group(1))
+  assert f"{stopped / 'checkpoints' / str(step)}" in message
+  assert message.endswith("Run the same command to resume.") and "Traceback" not in err
+  assert (stopped / "checkpoints" / str(step)).is_dir()
+  assert not (stopped / "summary.json").exists()
+
+  for workdir in (killed, stopped):
+    run_program(workdir, cache_dir, **overrides)
+    resumed = json.loads((workdir / "summary.json").read_text())["test"]
+    assert resumed == straight, workdir.name
+    assert _without_timing(_records(workdir)) == _without_timing(_records(tmp_path / "straight"))
 
 
 def test_bad_config_fails_before_work(tmp_path, cache_dir):
