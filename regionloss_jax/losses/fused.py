@@ -42,8 +42,10 @@ targets are fused (every binary term is elementwise).
 Nothing of the logits' size is written but the gradient: the forward pass reads them three
 times (per-pixel max; the normalisers; per-image sums), the backward pass twice
 (per-pixel sums of the ``(B, C)`` factors; the gradient). Keeping it so on XLA:CPU takes the
-care described at :func:`_sums`, :func:`_image_sums`, :func:`_pixel_max` and in the
-comments: which fusions XLA forms decides whether intermediates of that size are written.
+care described at :func:`_sums`, :func:`_image_sums`, :func:`_pixel_max`,
+:func:`_computed_once` and in the comments: which fusions XLA forms decides whether
+intermediates of that size are written, and whether per-pixel or per-image factors are
+recomputed for every element.
 """
 
 from __future__ import annotations
@@ -158,6 +160,17 @@ def _pixel_max(x):
   return jax.lax.optimization_barrier(jnp.max(x, axis=-1))
 
 
+def _computed_once(x):
+  """``x``, as the output of a reduction.
+
+  XLA fuses cheap elementwise producers into every loop that reads them, so a ``(B, C)``
+  factor broadcast over the pixels is recomputed for every element (on XLA:CPU it made a
+  pass over the logits 6x slower). A reduction is never fused into its consumers, and an
+  optimisation barrier does not stop fusion.
+  """
+  return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
+
+
 def _targets(labels, num_classes):
   """Boolean one-hot ``(B, *spatial, C)``; an out-of-range label matches no class."""
   return labels[..., None] == jnp.arange(num_classes, dtype=labels.dtype)
@@ -179,6 +192,17 @@ def _label_sums(labels, values, num_classes):
     jnp.zeros(batch * (num_classes + 1), jnp.float32).at[bins.reshape(-1)].add(values.reshape(-1))
   )
   return sums.reshape(batch, num_classes + 1)[:, :num_classes]
+
+
+def _label_values(labels, table):
+  """``table[b, y_p]`` ``(B, *spatial)`` of a ``(B, C)`` table; 0 for a label outside ``[0, C)``."""
+  batch, num_classes = table.shape
+  in_range = (labels >= 0) & (labels < num_classes)
+  rows = num_classes * jnp.arange(batch, dtype=labels.dtype).reshape(
+    (batch,) + (1,) * (labels.ndim - 1)
+  )
+  values = table.reshape(-1)[rows + jnp.clip(labels, 0, num_classes - 1)]
+  return jnp.where(in_range, values, 0.0)
 
 
 def _label_weights(labels, weights, num_classes):
@@ -257,11 +281,8 @@ def _multiclass_forward(spec, x, labels, valid, params):
     # Normalised inside the exponent, so this exp is not the one summed above and XLA
     # cannot share (and so materialise) it between the two passes.
     tempered = jnp.exp(temperature * shifted - jnp.log(sums[1])[..., None]) * valid[..., None]
-    # ``counts`` comes out ``(B, C)`` rather than ``(B, 1)`` for the backward pass: dividing
-    # by an array (XLA turns a division by a broadcast into a cheap multiplication) keeps
-    # the region factor ``r`` expensive enough that XLA computes it once. Otherwise, for
-    # ``l1``, whose derivative is all cheap ops, XLA fuses the ``(B, C)`` computation into
-    # the per-pixel loops and repeats it for every pixel.
+    # ``counts`` is summed here, ``(B, C)``, rather than from ``valid`` alone: a lone sum of
+    # the tempered softmax would go to the YNNPACK reduce fusion (see :func:`_sums`).
     if soft:
       # Soft targets are already of the logits' size, so their sums join this pass.
       soft_counts, counts, class_counts = _image_sums(
@@ -291,7 +312,11 @@ def _multiclass_forward(spec, x, labels, valid, params):
       pred_sum,
     )
     factors = second_vjp(jnp.ones_like(second))
-  residuals = (x, labels, valid, params, (m, log_sum_exp), slopes * inverse, factors)
+  # ``x_y - m`` (0 where the label is out of range): the backward pass of a Dice-family term
+  # takes ``a_y exp(x_y - m)`` from it, which also keeps this pass's sum of it alive, and the
+  # pass out of the YNNPACK fusion (:func:`_sums`), when only the gradient is wanted.
+  true_shifted = None if soft else sums[-1]
+  residuals = (x, labels, valid, params, (m, log_sum_exp, true_shifted), slopes * inverse, factors)
   return (first, second), residuals
 
 
@@ -305,54 +330,70 @@ def _multiclass_backward(spec, residuals, cotangents):
   """
   x, labels, valid, params, shifts, slopes, factors = residuals
   first_bar, second_bar = cotangents
-  num_classes = x.shape[-1]
   broadcast = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)
-  factors = tuple((f * second_bar)[broadcast] for f in factors)
+  factors = tuple(_computed_once(f * second_bar) for f in factors)
   # The forward pass computed the same expressions from the same values: without the
   # barrier XLA merges them, and an exp shared by two fusions is written out at full size.
-  x, (m, log_sum_exp) = jax.lax.optimization_barrier((x, shifts))
+  x, (m, log_sum_exp, true_shifted) = jax.lax.optimization_barrier((x, shifts))
   xf = x.astype(jnp.float32)
-  shifted = xf - m[..., None]
-  soft = inputs.is_soft(labels)
-  k = (slopes * first_bar)[..., None]
-  if soft:
-    soft_targets = labels.astype(jnp.float32)
-    target_mass = jnp.sum(soft_targets, axis=-1, keepdims=True)
-  else:
-    hit = _targets(labels, num_classes)
+  k = slopes * first_bar
   if spec.second in REGION_TERMS:
-    (r,) = factors
+    (r,) = (f[broadcast] for f in factors)
     temperature = params["temperature"]
+    shifted = xf - m[..., None]
     exp_t = jnp.exp(temperature * shifted)
     sum_exp_t, r_exp_t = _sums((exp_t, r * exp_t), (-1,))
     # Recomputed from the normalisers rather than reused from the sums above, for the same
     # reason as in the forward pass: a shared exp would be written out.
     probs = jnp.exp(shifted - log_sum_exp[..., None])
     tempered = jnp.exp(temperature * shifted - jnp.log(sum_exp_t)[..., None])
-    if soft:
-      first_grad = (probs * target_mass - soft_targets) * k
+    k = k[..., None]
+    if inputs.is_soft(labels):
+      soft_targets = labels.astype(jnp.float32)
+      first_grad = (probs * jnp.sum(soft_targets, axis=-1, keepdims=True) - soft_targets) * k
     else:
-      first_grad = (probs - hit) * k
+      first_grad = (probs - _targets(labels, x.shape[-1])) * k
     second_grad = tempered * (r - (r_exp_t / sum_exp_t)[..., None]) * valid[..., None]
     grad = first_grad + second_grad
   else:
-    a, b = factors
-    a_hit = jnp.where(hit, a, 0.0)
-    # sum_k u_pk s_pk from exp(x - m) and the forward normaliser, so that the exp here is
-    # not the one of the gradient sweep below (a shared exp would be written out).
-    exp_shifted = jnp.exp(shifted)
-    pred_operand = b * exp_shifted * exp_shifted if spec.squared else b * exp_shifted
-    a_sum, b_sum = _sums((a_hit * exp_shifted, pred_operand), (-1,))
-    inverse_sum = jnp.exp(-log_sum_exp)
-    if spec.squared:
-      u_dot_s = a_sum * inverse_sum + 2.0 * b_sum * inverse_sum * inverse_sum
-    else:
-      u_dot_s = (a_sum + b_sum) * inverse_sum
-    probs = jnp.exp(shifted - log_sum_exp[..., None])
-    u = a_hit + (2.0 * b * probs if spec.squared else b)
-    grad = probs * ((u - u_dot_s[..., None]) * valid[..., None] + k) - jnp.where(hit, k, 0.0)
+    a_true = _label_values(labels, factors[0]) * jnp.exp(true_shifted)  # a_y exp(x_y - m)
+    hit = _targets(labels, x.shape[-1])
+    grad = _overlap_gradient(spec, xf, m, hit, valid, k, a_true, factors[1][broadcast])
   param_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
   return grad.astype(x.dtype), None, None, param_grads
+
+
+def _overlap_gradient(spec, xf, m, hit, valid, k, a_true, b):
+  r"""The gradient of ``first + second`` (a Dice-family term) w.r.t. the logits.
+
+  With :math:`u_{pj} = v_p (a_j g_{pj} + b_j)` (``squared``: :math:`2 b_j s_{pj}` for
+  :math:`b_j`) and :math:`U_p = \sum_k u_{pk} s_{pk}`, the gradient
+  :math:`s_{pj} (u_{pj} - U_p) + k_p (s_{pj} - g_{pj})` is regrouped as
+  :math:`e_{pj} (b_j \alpha_p + \beta_p) + g_{pj} \delta_p` (``squared``:
+  :math:`e_{pj} (b_j \alpha_p e_{pj} + \beta_p)`), :math:`e_{pj} = \exp(x_{pj} - m_p)`,
+  with per-pixel :math:`\alpha_p, \beta_p, \delta_p` from one pass of class sums, so that
+  the sweep that writes the gradient costs an exp and a few operations per element.
+
+  Args:
+    a_true: :math:`a_{y_p} e_{py_p}` ``(B, *spatial)`` (0 for labels out of range).
+    b: ``(B, 1.., C)``.
+  """
+  exp_shifted = jnp.exp(xf - m[..., None])
+  pred_operand = b * exp_shifted * exp_shifted if spec.squared else b * exp_shifted
+  # sum_k b_k e_k (squared: e_k^2), and the softmax's normaliser summed again here so that
+  # the divisions below stay divisions (XLA rewrites a division by an exp into a product).
+  b_sum, sum_exp = _sums((pred_operand, exp_shifted), (-1,))
+  # Each per-pixel factor ends in a division: XLA does not fuse an expensive producer into a
+  # consumer that reuses its elements, so they are computed once per pixel, not per class.
+  # U_p times sum_exp: v (a_y e_y + b_sum) (squared: v (a_y e_y + 2 b_sum / sum_exp)).
+  u_dot_e = valid * (a_true + (2.0 * b_sum / sum_exp if spec.squared else b_sum))
+  alpha = (2.0 * valid / sum_exp if spec.squared else valid) / sum_exp
+  beta = (k - u_dot_e / sum_exp) / sum_exp
+  delta = (valid * a_true - k * sum_exp) / sum_exp  # v a_y s_y - k
+  xf, m = jax.lax.optimization_barrier((xf, m))
+  e = jnp.exp(xf - m[..., None])
+  scale = b * alpha[..., None] * e if spec.squared else b * alpha[..., None]
+  return e * (scale + beta[..., None]) + jnp.where(hit, delta[..., None], 0.0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
