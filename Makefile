@@ -10,7 +10,8 @@ VENV_OLDEST := .venv-jax06
 CONSTRAINTS_OLDEST := requirements/constraints-jax06.txt
 LIBRARY_TESTS := tests/losses tests/test_metrics.py tests/test_inference.py tests/test_packaging.py
 
-.PHONY: install demo test bench compare clean lint docs doctest test-oldest-jax
+.PHONY: install demo test bench compare clean lint docs doctest test-oldest-jax \
+  bench-accelerator accelerator-wheels
 
 install: $(STAMP)
 
@@ -59,6 +60,18 @@ bench-torch: .venv-bench/.installed
 	.venv-bench/bin/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[train]'
 	.venv-bench/bin/python -m pip install --quiet torch $(TORCH_PIP_ARGS)
 	touch $@
+
+# The accelerator suite (benchmarks/accelerator.py): every check and figure that needs a GPU,
+# in under 8 minutes, with the machine's own Python and JAX (no .venv, no network). Where
+# PyPI is reachable, `make accelerator-wheels` first fetches the wheels of what such a
+# machine lacks into build/wheels; carry that folder with the checkout. LOG=file keeps the
+# output.
+WHEELS := build/wheels
+bench-accelerator:
+	$(PYTHON) benchmarks/accelerator.py --wheels $(WHEELS) $(if $(LOG),--log $(LOG))
+
+accelerator-wheels:
+	$(PYTHON) benchmarks/accelerator_wheels.py --dest $(WHEELS)
 
 # Style: ruff's lint rules and formatting (2-space indentation, 100 columns; pyproject.toml).
 lint: install
