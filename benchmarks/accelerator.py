@@ -7,9 +7,11 @@ Each part runs in its own process with a time limit, all of them within ``--budg
 1. ``machine``: the device, driver and versions; copy bandwidth and matrix-product rate
    measured here (``benchmarks/machine.py``);
 2. ``reference``: the 344 loss reference values and gradients and the fused-path tests on
-   the device (``tests/losses/test_reference.py``, ``test_fused.py``);
-3. ``losses``: every compound's forward + backward against the memory floor, fused and
-   straightforward (``benchmarks/losses.py``);
+   the device (``tests/losses/test_reference.py``, ``test_fused.py``,
+   ``test_pallas_gpu.py``);
+3. ``losses``: every compound's forward + backward against the memory floor, fused,
+   straightforward and, for ``ce+l1``/``kl``/``db``, the Pallas kernels
+   (``benchmarks/losses.py``);
 4. ``train_step default`` and ``train_step large``: the train program's step, FLOP/s from
    the lowered step and the fraction of peak, beside PyTorch where it is installed
    (``benchmarks/train_step.py``);
@@ -60,10 +62,18 @@ PARTS = (
       "no:cacheprovider",
       "tests/losses/test_reference.py",
       "tests/losses/test_fused.py",
+      "tests/losses/test_pallas_gpu.py",
     ],
     150,
   ),
-  ("losses", ["benchmarks/losses.py", "--repeats", "10"], 120),
+  (
+    "losses",
+    [
+      *("benchmarks/losses.py", "--repeats", "10"),
+      *("--pallas-configs", "2048x4", "8192x4", "8192x8", "16384x8"),
+    ],
+    120,
+  ),
   ("train_step default", ["benchmarks/train_step.py", "--preset", "default"], 90),
   ("train_step large", ["benchmarks/train_step.py", "--preset", "large"], 150),
   ("inference", ["benchmarks/inference.py", "--repeats", "3"], 120),
@@ -72,8 +82,14 @@ PARTS = (
 # The same parts at toy sizes.
 SMOKE_ARGS = {
   "machine": ["--copy-mib", "8", "--matmul", "128", "--repeats", "1"],
-  "reference": ["-k", "test_all_344 or case000 or test_fused_equals_plain"],
-  "losses": ["--shape", "2", "16", "16", "5", "--repeats", "1", "--losses", "ce+kl", "ce+dice"],
+  "reference": [
+    "-k",
+    "test_all_344 or case000 or test_fused_equals_plain or test_kernels_equal_the_fused_path",
+  ],
+  "losses": [
+    *("--shape", "2", "16", "16", "5", "--repeats", "1", "--losses", "ce+kl", "ce+dice"),
+    *("--pallas", "--pallas-configs", "128x2"),
+  ],
   "train_step default": [
     *("--batch", "2", "--size", "32", "--features", "4", "--steps", "1", "--rounds", "1"),
     "--no-torch",

@@ -7,10 +7,11 @@ options otherwise: milliseconds of ``jax.grad``; the ratio to the memory floor (
 the logits and one write of an array that size, measured here); the milliseconds of a
 straightforward ``jax.grad`` of the same definition (the term functions added, without the
 fused VJP) and its ratio to the fused path's; and XLA's temporary buffer size for both steps
-(peak scratch memory).
+(peak scratch memory). On a GPU, ``ce+l1``, ``ce+kl`` and ``ce+db`` get a second row: the
+Pallas kernels (``make_loss(..., pallas_kernel=True)``), timed beside a floor of their own.
 
     python benchmarks/losses.py [--shape 8 256 512 19] [--repeats 10] [--statistic min]
-        [--losses ce+kl ...]
+        [--losses ce+kl ...] [--pallas] [--pallas-configs 2048x4 8192x8 ...]
 """
 
 import argparse
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regionloss_jax import losses
-from regionloss_jax.losses import registry
+from regionloss_jax.losses import pallas_gpu, registry
 
 
 def _time_ms(timed, *, repeats, calls=1, statistic=np.median):
@@ -57,6 +58,26 @@ def _straightforward(name, options):
   return jax.jit(jax.grad(lambda logits, labels: fn(logits, labels)[0]))
 
 
+def _pallas_row(config, options, *, interpret):
+  """A row for the Pallas kernels of ``ce+kl`` with ``config`` = ``"<tile elements>x<warps>"``."""
+  elements, warps = map(int, config.split("x"))
+
+  def loss(logits, labels):
+    ce, kl = pallas_gpu.ce_with_region(
+      logits,
+      labels,
+      term="kl",
+      temperature=options["temperature"],
+      ignore_index=options["ignore_index"],
+      tile_elements=elements,
+      num_warps=warps,
+      interpret=interpret,
+    )
+    return ce + options["weight"] * kl
+
+  return f"ce+kl (Pallas, {elements} per tile, {warps} warps)", jax.jit(jax.grad(loss))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--shape", type=int, nargs=4, default=(8, 256, 512, 19))
@@ -76,6 +97,18 @@ def main():
   parser.add_argument(
     "--losses", nargs="+", default=None, help="compound names to run (default: every a+b)"
   )
+  parser.add_argument(
+    "--pallas",
+    action="store_true",
+    help="the Pallas rows off a GPU too (there they time the fused path they fall back to)",
+  )
+  parser.add_argument(
+    "--pallas-configs",
+    nargs="*",
+    default=(),
+    metavar="ELEMENTSxWARPS",
+    help="more ce+kl Pallas rows, each with this tile size and warp count (e.g. 8192x8)",
+  )
   args = parser.parse_args()
   shape = tuple(args.shape)
   rng = np.random.default_rng(0)
@@ -84,6 +117,7 @@ def main():
   labels[rng.random(shape[:-1]) < 0.05] = 255
   labels = jnp.asarray(labels)
 
+  on_gpu = jax.devices()[0].platform == "gpu"
   calls = args.calls or (1 if jax.devices()[0].platform == "cpu" else 50)
   statistic = {"median": np.median, "min": np.min}[args.statistic]
   timed = functools.partial(_time_ms, repeats=args.repeats, calls=calls, statistic=statistic)
@@ -109,17 +143,27 @@ def main():
       if second in ("l1", "kl", "db"):
         options["temperature"] = 10.0
       fn = losses.make_loss(name, **options)
-      grad_fn = jax.jit(jax.grad(lambda x, y, fn=fn: fn(x, y)[0]))
+      rows = [(name, jax.jit(jax.grad(lambda x, y, fn=fn: fn(x, y)[0])))]
+      kernels = (on_gpu or args.pallas) and pallas_gpu.available()
+      if kernels and first == "ce" and second in ("l1", "kl", "db"):
+        pallas = losses.make_loss(name, pallas_kernel=True, **options)
+        rows.append((f"{name} (Pallas)", jax.jit(jax.grad(lambda x, y, fn=pallas: fn(x, y)[0]))))
+      if kernels and name == "ce+kl":
+        rows += [
+          _pallas_row(config, options, interpret=not on_gpu) for config in args.pallas_configs
+        ]
       plain_fn = _straightforward(name, options)
-      floor_ms, ms, plain_ms = timed(
-        [(floor_fn, (logits,)), (grad_fn, (logits, labels)), (plain_fn, (logits, labels))]
+      floor_ms, plain_ms, *row_ms = timed(
+        [(floor_fn, (logits,)), (plain_fn, (logits, labels))]
+        + [(grad_fn, (logits, labels)) for _, grad_fn in rows]
       )
-      print(
-        f"| {name} | {ms:.4g} | {ms / floor_ms:.1f} | {plain_ms:.4g} | {plain_ms / ms:.2f} | "
-        f"{_scratch_mb(grad_fn, logits, labels):.0f} | "
-        f"{_scratch_mb(plain_fn, logits, labels):.0f} |",
-        flush=True,
-      )
+      for (row_name, grad_fn), ms in zip(rows, row_ms, strict=True):
+        print(
+          f"| {row_name} | {ms:.4g} | {ms / floor_ms:.1f} | {plain_ms:.4g} | "
+          f"{plain_ms / ms:.2f} | {_scratch_mb(grad_fn, logits, labels):.0f} | "
+          f"{_scratch_mb(plain_fn, logits, labels):.0f} |",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def loss_options(config: ml_collections.ConfigDict, *, ignore_index: int) -> dic
   the same pixels the metrics skip.
   """
   options = {"mode": config.loss.mode, "ignore_index": ignore_index}
+  if config.loss.pallas_kernel:
+    options["pallas_kernel"] = True
   parts = config.loss.name.split("+")
   if len(parts) == 2:
     options["weight"] = loss_weight(config)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from regionloss_jax.losses import fused, inputs
+from regionloss_jax.losses import fused, inputs, pallas_gpu
 from regionloss_jax.losses.cross_entropy import cross_entropy
 from regionloss_jax.losses.dice import (
   EMPTY_POLICIES,
@@ -135,7 +135,9 @@ def _check_values(options: dict) -> None:
     raise ValueError(f"ignore_index must be an int or None; got {ignore_index!r}.")
 
 
-def make_loss(name: str, *, fused_kernel: bool = True, **options) -> LossFn:
+def make_loss(
+  name: str, *, fused_kernel: bool = True, pallas_kernel: bool = False, **options
+) -> LossFn:
   """Builds a segmentation loss from its name and options.
 
   Args:
@@ -152,6 +154,10 @@ def make_loss(name: str, *, fused_kernel: bool = True, **options) -> LossFn:
       ``reduction="mean"`` and no label smoothing; see there for the soft targets it
       leaves to the plain path); ``False`` sums the plain term functions instead (the
       same values to float rounding; for comparing against).
+    pallas_kernel: ``ce+l1``, ``ce+kl`` and ``ce+db`` (multiclass, integer labels) run the
+      Pallas kernels of :mod:`regionloss_jax.losses.pallas_gpu` where they are compiled for
+      an NVIDIA GPU and the image size fits their tiles; elsewhere the path
+      ``fused_kernel`` chooses. Off by default until measured on a GPU (README).
 
   Returns:
     ``fn(logits, labels, *, where=None, weight=None) -> (loss, terms)``: ``loss`` a float32
@@ -230,6 +236,8 @@ def make_loss(name: str, *, fused_kernel: bool = True, **options) -> LossFn:
     )
 
   fused_fn = fused.select(parts, term_options, fallback=plain_terms) if fused_kernel else None
+  if pallas_kernel:
+    fused_fn = pallas_gpu.select(parts, term_options, fallback=fused_fn or plain_terms)
 
   def compound_loss(logits, labels, *, where=None, weight=None):
     weight = default_weight if weight is None else weight

@@ -30,6 +30,13 @@ def test_loss_options_take_the_reference_settings_where_unset():
   assert "weight" not in build.loss_options(config, ignore_index=255)
 
 
+def test_the_pallas_kernels_are_asked_for_only_when_set():
+  config = default.get_config()
+  assert "pallas_kernel" not in build.loss_options(config, ignore_index=255)
+  config.loss.pallas_kernel = True
+  assert build.loss_options(config, ignore_index=255)["pallas_kernel"] is True
+
+
 def test_the_loss_takes_the_ignore_index_it_is_given():
   config = default.get_config()
   assert build.loss_options(config, ignore_index=7)["ignore_index"] == 7

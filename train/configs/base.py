@@ -76,6 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.weight = config_dict.placeholder(float)
   for option, kind in LOSS_OPTION_TYPES.items():
     config.loss[option] = config_dict.placeholder(kind)
+  # ce+l1/kl/db on an NVIDIA GPU: the Pallas kernels (make_loss(pallas_kernel=True); README).
+  config.loss.pallas_kernel = False
   # How the weight reaches loss.weight: "constant"; "linear" from start_weight over
   # ramp_steps; "step" (the paper's): start_weight times factor every step_size steps,
   # capped at loss.weight.
