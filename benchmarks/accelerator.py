@@ -6,8 +6,8 @@ Each part runs in its own process with a time limit, all of them within ``--budg
 
 1. ``machine``: the device, driver and versions; copy bandwidth and matrix-product rate
    measured here (``benchmarks/machine.py``);
-2. ``reference``: the 344 loss reference values and gradients and the fused-path tests on
-   the device (``tests/losses/test_reference.py``, ``test_fused.py``,
+2. ``reference``: the 344 loss reference values and gradients (through the fused paths) and
+   the Pallas kernels' tests, run natively, on the device (``tests/losses/test_reference.py``,
    ``test_pallas_gpu.py``);
 3. ``losses``: every compound's forward + backward against the memory floor, fused,
    straightforward and, for ``ce+l1``/``kl``/``db``, the Pallas kernels
@@ -61,7 +61,6 @@ PARTS = (
       "-p",
       "no:cacheprovider",
       "tests/losses/test_reference.py",
-      "tests/losses/test_fused.py",
       "tests/losses/test_pallas_gpu.py",
     ],
     150,
@@ -84,7 +83,7 @@ SMOKE_ARGS = {
   "machine": ["--copy-mib", "8", "--matmul", "128", "--repeats", "1"],
   "reference": [
     "-k",
-    "test_all_344 or case000 or test_fused_equals_plain or test_kernels_equal_the_fused_path",
+    "test_all_344 or case000 or test_kernels_equal_the_fused_path",
   ],
   "losses": [
     *("--shape", "2", "16", "16", "5", "--repeats", "1", "--losses", "ce+kl", "ce+dice"),
