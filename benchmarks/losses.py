@@ -8,9 +8,12 @@ the logits and one write of an array that size, measured here); the milliseconds
 straightforward ``jax.grad`` of the same definition (the term functions added, without the
 fused VJP) and its ratio to the fused path's; and XLA's temporary buffer size for both steps
 (peak scratch memory). On a GPU, ``ce+l1``, ``ce+kl`` and ``ce+db`` get a second row: the
-Pallas kernels (``make_loss(..., pallas_kernel=True)``), timed beside a floor of their own.
+Pallas kernels (``make_loss(..., pallas_kernel=True)``). ``--mode binary`` times the
+one-sigmoid form instead, at ``(32, 512, 512, 1)`` with labels 0 and 1 (int32 labels as
+large as the logits).
 
-    python benchmarks/losses.py [--shape 8 256 512 19] [--repeats 10] [--statistic min]
+    python benchmarks/losses.py [--mode multiclass|binary] [--shape 8 256 512 19]
+        [--repeats 10] [--statistic min]
         [--losses ce+kl ...] [--pallas] [--pallas-configs 2048x4 8192x8 ...]
 """
 
@@ -80,7 +83,10 @@ def _pallas_row(config, options, *, interpret):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shape", type=int, nargs=4, default=(8, 256, 512, 19))
+  parser.add_argument("--mode", choices=("multiclass", "binary"), default="multiclass")
+  parser.add_argument(
+    "--shape", type=int, nargs=4, default=None, help="default 8 256 512 19 (binary: 32 512 512 1)"
+  )
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument(
     "--calls",
@@ -110,10 +116,11 @@ def main():
     help="more ce+kl Pallas rows, each with this tile size and warp count (e.g. 8192x8)",
   )
   args = parser.parse_args()
-  shape = tuple(args.shape)
+  binary = args.mode == "binary"
+  shape = tuple(args.shape or ((32, 512, 512, 1) if binary else (8, 256, 512, 19)))
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.standard_normal(shape, np.float32))
-  labels = rng.integers(0, shape[-1], shape[:-1]).astype(np.int32)
+  labels = rng.integers(0, 2 if binary else shape[-1], shape[:-1]).astype(np.int32)
   labels[rng.random(shape[:-1]) < 0.05] = 255
   labels = jnp.asarray(labels)
 
@@ -124,7 +131,10 @@ def main():
   floor_fn = jax.jit(lambda x: -x)
   (floor_ms,) = timed([(floor_fn, (logits,))])
   gigabytes = 2 * logits.size * 4 / 1e9
-  print(f"device: {jax.devices()[0].device_kind}  shape {shape} float32  ({args.statistic})")
+  print(
+    f"device: {jax.devices()[0].device_kind}  {args.mode}  shape {shape} float32  "
+    f"({args.statistic})"
+  )
   print(
     f"memory floor (read + write {gigabytes:.2f} GB): {floor_ms:.4g} ms "
     f"({gigabytes / floor_ms * 1e3:.1f} GB/s); x floor uses the floor timed with each loss\n"
@@ -139,12 +149,12 @@ def main():
       name = f"{first}+{second}"
       if args.losses is not None and name not in args.losses:
         continue
-      options = {"ignore_index": 255, "weight": 0.1}
+      options = {"mode": args.mode, "ignore_index": 255, "weight": 0.1}
       if second in ("l1", "kl", "db"):
         options["temperature"] = 10.0
       fn = losses.make_loss(name, **options)
       rows = [(name, jax.jit(jax.grad(lambda x, y, fn=fn: fn(x, y)[0])))]
-      kernels = (on_gpu or args.pallas) and pallas_gpu.available()
+      kernels = (on_gpu or args.pallas) and pallas_gpu.available() and not binary
       if kernels and first == "ce" and second in ("l1", "kl", "db"):
         pallas = losses.make_loss(name, pallas_kernel=True, **options)
         rows.append((f"{name} (Pallas)", jax.jit(jax.grad(lambda x, y, fn=pallas: fn(x, y)[0]))))

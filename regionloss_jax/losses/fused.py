@@ -404,6 +404,17 @@ def _multiclass(spec, x, labels, valid, params):
 _multiclass.defvjp(_multiclass_forward, _multiclass_backward)
 
 
+def _sigmoid_pair(x, exp_minus_abs):
+  """``(sigmoid(x), sigmoid(-x))`` from ``exp(-|x|)``, each to full relative precision.
+
+  One exp serves both sides, and the softplus of :func:`_binary_operands`: XLA:CPU's
+  binary compounds are bound by their transcendental functions, not by memory.
+  """
+  large = 1.0 / (1.0 + exp_minus_abs)  # sigmoid(|x|)
+  small = exp_minus_abs * large  # sigmoid(-|x|)
+  return jnp.where(x >= 0, large, small), jnp.where(x >= 0, small, large)
+
+
 def _binary_targets(labels):
   """``t``, the probability of each pixel's positive side ``(B, *spatial, 1)``."""
   if inputs.is_soft(labels):
@@ -419,13 +430,18 @@ def _binary_operands(spec, x, targets, valid, params, soft):
   own sums take no gradient and are computed once, outside).
   """
   v = valid[..., None]
+  exp_minus_abs = jnp.exp(-jnp.abs(x))
+  log1p_exp = jnp.log1p(exp_minus_abs)  # softplus(x) = max(x, 0) + log1p(exp(-|x|))
+  sigmoid, sigmoid_minus = _sigmoid_pair(x, exp_minus_abs)
   if spec.first == "ce":
-    first = jax.nn.softplus(x) - targets * x
+    first = jnp.maximum(x, 0.0) + log1p_exp - targets * x
     if params["first_weights"] is not None:
       first = first * params["first_weights"]
   else:
-    positive = -_safe_power(jax.nn.sigmoid(-x), spec.gamma) * jax.nn.log_sigmoid(x)
-    negative = -_safe_power(jax.nn.sigmoid(x), spec.gamma) * jax.nn.log_sigmoid(-x)
+    log_sigmoid = -(jnp.maximum(-x, 0.0) + log1p_exp)
+    log_sigmoid_minus = -(jnp.maximum(x, 0.0) + log1p_exp)
+    positive = -_safe_power(sigmoid_minus, spec.gamma) * log_sigmoid
+    negative = -_safe_power(sigmoid, spec.gamma) * log_sigmoid_minus
     if params["first_weights"] is not None:
       alpha = params["first_weights"]
       positive, negative = alpha * positive, (1.0 - alpha) * negative
@@ -433,8 +449,9 @@ def _binary_operands(spec, x, targets, valid, params, soft):
   first = first * v
   if spec.second in REGION_TERMS:
     tx = params["temperature"] * x
-    return first, jax.nn.sigmoid(tx) * v, jax.nn.sigmoid(-tx) * v
-  probs, target_values = jax.nn.sigmoid(x) * v, targets * v
+    positive, negative = _sigmoid_pair(tx, jnp.exp(-jnp.abs(tx)))
+    return first, positive * v, negative * v
+  probs, target_values = sigmoid * v, targets * v
   pred = probs * probs if spec.squared else probs
   if soft:
     # The semimetric intersection of the plain path, summed per pixel (it is linear).
@@ -445,50 +462,72 @@ def _binary_operands(spec, x, targets, valid, params, soft):
   return first, pred, probs * target_values
 
 
-def _binary_sums(operands):
-  """Total of the first operand; per-image ``(B, 1)`` sums of the others."""
-  first, *rest = operands
-  batch = first.shape[0]
-  return (jnp.sum(first),) + tuple(jnp.sum(a.reshape(batch, -1), axis=1)[:, None] for a in rest)
-
-
-def _binary_values(spec, sums, targets, valid, params):
-  """``(first, second)`` from the sums of :func:`_binary_operands`."""
-  batch = valid.shape[0]
-  counts = jnp.sum(valid.reshape(batch, -1), axis=1)[:, None]
-  target_sum = jnp.sum((targets * valid[..., None]).reshape(batch, -1), axis=1)[:, None]
-  first = sums[0] * _safe_inverse(jnp.sum(counts))
+def _binary_target_operands(spec, targets, valid):
+  """The targets' per-pixel operands, each ``(B, *spatial, 1)``: the valid pixels, ``t``
+  (``squared``: ``t^2``), and for the region terms ``1 - t``, all zero where not valid."""
+  v = valid[..., None]
+  t = targets * v
+  operands = (jnp.broadcast_to(v, targets.shape), t * t if spec.squared else t)
   if spec.second in REGION_TERMS:
-    neg_target_sum = jnp.sum(((1.0 - targets) * valid[..., None]).reshape(batch, -1), axis=1)
-    second = _region_penalty(
-      "binary", spec.second, counts, target_sum, sums[1], (neg_target_sum[:, None], sums[2])
-    )
+    operands += ((1.0 - targets) * v,)
+  return operands
+
+
+def _binary_image_sums(operands):
+  """Per-image sums ``(B,)`` of same-shape ``(B, *spatial, 1)`` arrays, in one pass.
+
+  With one channel the targets are as large as the logits: each lone sum would read them
+  again (and go to the YNNPACK reduce fusion, see :func:`_sums`).
+  """
+  batch = operands[0].shape[0]
+  return _sums(tuple(a.reshape(batch, -1) for a in operands), (1,))
+
+
+def _binary_values(spec, first_sums, pred_sums, target_sums, params):
+  """``(first, second)`` from per-image sums ``(B,)``: the first term's values, the
+  prediction's operands of :func:`_binary_operands` and :func:`_binary_target_operands`'."""
+  counts, target_sum, *neg_target_sum = (s[:, None] for s in target_sums)
+  pred_sums = tuple(s[:, None] for s in pred_sums)
+  first = jnp.sum(first_sums) * _safe_inverse(jnp.sum(counts))
+  if spec.second in REGION_TERMS:
+    neg = (neg_target_sum[0], pred_sums[1])
+    second = _region_penalty("binary", spec.second, counts, target_sum, pred_sums[0], neg)
   else:
-    if spec.squared:
-      target_sum = jnp.sum((targets * valid[..., None]) ** 2, axis=tuple(range(1, targets.ndim)))
-      target_sum = target_sum[:, None]
-    second = _overlap_penalty(spec, sums[2], sums[1], target_sum, params["second_weights"])
+    second = _overlap_penalty(
+      spec, pred_sums[1], pred_sums[0], target_sum, params["second_weights"]
+    )
   return first, second
 
 
 def _binary_forward(spec, x, labels, valid, params):
+  """One pass over ``x`` and the labels: every per-image sum in one variadic reduction."""
   targets = _binary_targets(labels)
-  xf = x.astype(jnp.float32)
-  sums = _binary_sums(_binary_operands(spec, xf, targets, valid, params, inputs.is_soft(labels)))
-  values, values_vjp = jax.vjp(lambda s: _binary_values(spec, s, targets, valid, params), sums)
+  soft = inputs.is_soft(labels)
+  predicted = _binary_operands(spec, x.astype(jnp.float32), targets, valid, params, soft)
+  sums = _binary_image_sums(predicted + _binary_target_operands(spec, targets, valid))
+  predicted_sums, target_sums = sums[: len(predicted)], sums[len(predicted) :]
+  values, values_vjp = jax.vjp(
+    lambda s: _binary_values(spec, s[0], s[1:], target_sums, params), predicted_sums
+  )
   return values, (x, labels, valid, params, values_vjp)
 
 
 def _binary_backward(spec, residuals, cotangents):
-  """The VJP of the per-pixel operands, recomputed from ``x``, under the sums' cotangents."""
+  """The VJP of the per-pixel operands, recomputed from ``x``, under the per-image
+  cotangents of their sums: one elementwise pass that writes the gradient."""
   x, labels, valid, params, values_vjp = residuals
   (sum_bars,) = values_vjp(cotangents)
+  # As in the multiclass backward pass: without the barrier XLA merges the per-pixel
+  # expressions (the sigmoids, the targets) with the forward pass's and writes them out.
+  x, labels, valid = jax.lax.optimization_barrier((x, labels, valid))
+  batch_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  sum_bars = tuple(
+    jnp.broadcast_to(_computed_once(b).reshape(batch_shape), x.shape) for b in sum_bars
+  )
   targets = _binary_targets(labels)
+  soft = inputs.is_soft(labels)
   _, operands_vjp = jax.vjp(
-    lambda z: _binary_sums(
-      _binary_operands(spec, z, targets, valid, params, inputs.is_soft(labels))
-    ),
-    x.astype(jnp.float32),
+    lambda z: _binary_operands(spec, z, targets, valid, params, soft), x.astype(jnp.float32)
   )
   (grad,) = operands_vjp(sum_bars)
   param_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
