@@ -484,8 +484,9 @@ def _binary_image_sums(operands):
 
 
 def _binary_values(spec, first_sums, pred_sums, target_sums, params):
-  """``(first, second)`` from per-image sums ``(B,)``: the first term's values, the
-  prediction's operands of :func:`_binary_operands` and :func:`_binary_target_operands`'."""
+  """``(first, second)`` from per-image sums ``(B,)``: of the first term's per-pixel values,
+  of the prediction's operands (both :func:`_binary_operands`) and of the targets' operands
+  (:func:`_binary_target_operands`)."""
   counts, target_sum, *neg_target_sum = (s[:, None] for s in target_sums)
   pred_sums = tuple(s[:, None] for s in pred_sums)
   first = jnp.sum(first_sums) * _safe_inverse(jnp.sum(counts))

@@ -44,7 +44,7 @@ except ImportError:  # a JAX without Pallas
 # both kernels the label and whether the pixel counts (no separate mask to read).
 _NOWHERE = jnp.iinfo(jnp.int32).min
 # Elements per tile: 32 per thread with 4 warps, so that the tile's few float32 arrays stay
-# in registers (a first choice; benchmarks/losses.py --pallas-tiles measures others).
+# in registers (a first choice; benchmarks/losses.py --pallas-configs measures others).
 TILE_ELEMENTS = 4096
 NUM_WARPS = 4
 _MIN_BLOCK = 16
@@ -72,7 +72,9 @@ def tiling(
 
 
 def _tile(x_ref, labels_ref, temperature, tiles: _Tiling):
-  """Softmaxes of one tile: ``(cols, labels, valid, in_range, hit, s, s^T)``, float32."""
+  """One tile's class indices ``(C',)`` and, per pixel and class, ``x - max``, its exp, the
+  softmax ``s`` and the tempered one ``s^T`` ``(block, C')``; per pixel, ``valid`` (float)
+  and whether the label is a class; ``hit``, the one-hot labels ``(block, C')``."""
   cols = jnp.arange(tiles.padded_classes)
   is_class = cols < tiles.num_classes
   x = plt.load(
@@ -87,12 +89,12 @@ def _tile(x_ref, labels_ref, temperature, tiles: _Tiling):
   probs = exp / jnp.sum(exp, axis=1)[:, None]
   exp_t = jnp.where(is_class[None, :], jnp.exp(temperature * shifted), 0.0)
   tempered = exp_t / jnp.sum(exp_t, axis=1)[:, None]
-  return cols, shifted, exp, valid, in_range, hit, probs, tempered
+  return cols, shifted, exp, probs, tempered, valid, in_range, hit
 
 
 def _forward_kernel(x_ref, labels_ref, temperature_ref, sums_ref, *, tiles: _Tiling):
   """Per-tile sums ``(4, C')``: rows Σ v s^T, Σ v g, then [Σ w (-log s_y), Σ v] and zeros."""
-  cols, shifted, exp, valid, in_range, hit, _, tempered = _tile(
+  cols, shifted, exp, _, tempered, valid, in_range, hit = _tile(
     x_ref, labels_ref, temperature_ref[0], tiles
   )
   true_shifted = jnp.sum(jnp.where(hit, shifted, 0.0), axis=1)
@@ -106,7 +108,7 @@ def _forward_kernel(x_ref, labels_ref, temperature_ref, sums_ref, *, tiles: _Til
 
 def _backward_kernel(x_ref, labels_ref, factors_ref, scalars_ref, grad_ref, *, tiles: _Tiling):
   """The gradient of one tile; ``scalars``: ``[k, T]``, ``factors``: the image's ``r``."""
-  cols, _, _, valid, in_range, hit, probs, tempered = _tile(
+  cols, _, _, probs, tempered, valid, in_range, hit = _tile(
     x_ref, labels_ref, scalars_ref[1], tiles
   )
   r = factors_ref[...]
