@@ -10,13 +10,6 @@ import jax.numpy as jnp
 from regionloss_jax.losses import inputs
 
 
-def _safe_power(base: jax.Array, exponent: float) -> jax.Array:
-  """``base ** exponent`` for ``base >= 0`` whose gradient is finite at ``base == 0``."""
-  positive = base > 0
-  powered = jnp.where(positive, base, 1.0) ** exponent
-  return jnp.where(positive, powered, 0.0 if exponent > 0 else 1.0)
-
-
 def focal_loss(
   logits: jax.Array,
   labels: jax.Array,
@@ -83,7 +76,7 @@ def focal_loss(
   if mode == "multiclass":
     log_probs = jax.nn.log_softmax(x, axis=-1)
     # 1 - p as -expm1(log p) keeps precision when p is close to 1.
-    per_class = -_safe_power(-jnp.expm1(log_probs), gamma) * log_probs
+    per_class = -inputs.safe_power(-jnp.expm1(log_probs), gamma) * log_probs
     if alpha is not None:
       alpha = jnp.asarray(alpha, jnp.float32)
       if alpha.shape != (num_classes,):
@@ -95,8 +88,8 @@ def focal_loss(
   else:
     # Both sides of each sigmoid, weighted by the target's share of each side; a hard
     # target keeps one side only.
-    positive = -_safe_power(jax.nn.sigmoid(-x), gamma) * jax.nn.log_sigmoid(x)
-    negative = -_safe_power(jax.nn.sigmoid(x), gamma) * jax.nn.log_sigmoid(-x)
+    positive = -inputs.safe_power(jax.nn.sigmoid(-x), gamma) * jax.nn.log_sigmoid(x)
+    negative = -inputs.safe_power(jax.nn.sigmoid(x), gamma) * jax.nn.log_sigmoid(-x)
     if alpha is not None:
       alpha = jnp.asarray(alpha, jnp.float32)
       if alpha.shape not in ((), (1,), (num_classes,)):

@@ -58,7 +58,6 @@ import jax
 import jax.numpy as jnp
 
 from regionloss_jax.losses import dice, inputs, region
-from regionloss_jax.losses.focal import _safe_power
 
 REGION_TERMS = ("l1", "kl", "db")
 OVERLAP_TERMS = ("dice", "tversky", "generalized_dice")
@@ -116,7 +115,7 @@ def _overlap_penalty(spec, intersection, pred_sum, target_sum, weights):
 
 def _focal_term(gamma, log_p):
   """``-(1 - p)^gamma log p`` of ``log p``, written as :func:`focal_loss` writes it."""
-  return -_safe_power(-jnp.expm1(log_p), gamma) * log_p
+  return -inputs.safe_power(-jnp.expm1(log_p), gamma) * log_p
 
 
 def _sums(operands, axes):
@@ -440,8 +439,8 @@ def _binary_operands(spec, x, targets, valid, params, soft):
   else:
     log_sigmoid = -(jnp.maximum(-x, 0.0) + log1p_exp)
     log_sigmoid_minus = -(jnp.maximum(x, 0.0) + log1p_exp)
-    positive = -_safe_power(sigmoid_minus, spec.gamma) * log_sigmoid
-    negative = -_safe_power(sigmoid, spec.gamma) * log_sigmoid_minus
+    positive = -inputs.safe_power(sigmoid_minus, spec.gamma) * log_sigmoid
+    negative = -inputs.safe_power(sigmoid, spec.gamma) * log_sigmoid_minus
     if params["first_weights"] is not None:
       alpha = params["first_weights"]
       positive, negative = alpha * positive, (1.0 - alpha) * negative

@@ -1,4 +1,5 @@
-"""Shared input handling for every loss: checks, valid-pixel masks, one-hot targets, probabilities.
+"""Shared input handling for every loss: checks, valid-pixel masks, one-hot targets, probabilities,
+and the guarded divisions and powers the terms share.
 
 Conventions (all losses):
 
@@ -176,6 +177,17 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   """
   positive = denominator > 0
   return jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
+
+
+def safe_power(base: jax.Array, exponent: float) -> jax.Array:
+  """``base ** exponent`` for ``base >= 0`` whose gradient is finite at ``base == 0``.
+
+  Focal terms raise ``1 - p`` to ``gamma``; at ``p = 1`` the plain power's gradient is
+  ``0 * inf`` for ``gamma < 1``, which would poison the whole gradient with NaN.
+  """
+  positive = base > 0
+  powered = jnp.where(positive, base, 1.0) ** exponent
+  return jnp.where(positive, powered, 0.0 if exponent > 0 else 1.0)
 
 
 def reduce_per_image(per_image: jax.Array, reduction: str) -> jax.Array:
