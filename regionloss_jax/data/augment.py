@@ -3,10 +3,10 @@
 Flips, a random resized crop (whole images) or a random zoom around the patch's centre
 (patches at native resolution) and a small rotation are composed into a single affine map
 from output to input coordinates, so the image is resampled once (bilinear) and the mask once
-(nearest, so class ids stay class ids). Pixels mapped from outside the input become
-``IGNORE_INDEX`` in the mask. Brightness/contrast jitter touches the image only. The same
-code serves 2-D ``(H, W, C)`` and 3-D ``(D, H, W, C)`` examples; rotation is in the (H, W)
-plane.
+(nearest, so class ids stay class ids). Pixels mapped from outside the input become the
+dataset's ignore index (``IGNORE_INDEX`` unless it says otherwise) in the mask.
+Brightness/contrast jitter touches the image only. The same code serves 2-D ``(H, W, C)``
+and 3-D ``(D, H, W, C)`` examples; rotation is in the (H, W) plane.
 """
 
 from __future__ import annotations
@@ -130,11 +130,14 @@ def sample_patch_affine(rng: np.random.Generator, centre, patch_shape, augment: 
   return matrix, offset
 
 
-def warp(image: np.ndarray, mask: np.ndarray, matrix, offset, out_shape):
+def warp(
+  image: np.ndarray, mask: np.ndarray, matrix, offset, out_shape, *, ignore_index=IGNORE_INDEX
+):
   """Resample ``image (*spatial, C)`` bilinearly and ``mask (*spatial)`` by nearest neighbour.
 
   Returns float32 ``(*out_shape, C)`` and uint8 ``(*out_shape)``; mask pixels that come
-  from outside the input are ``IGNORE_INDEX``.
+  from outside the input are ``ignore_index`` (the dataset's value of pixels that count
+  nowhere).
   """
   out_shape = tuple(int(s) for s in out_shape)
   if (
@@ -169,16 +172,18 @@ def warp(image: np.ndarray, mask: np.ndarray, matrix, offset, out_shape):
   source = matrix @ grid + np.asarray(offset, np.float64)[:, None]
   limits = np.asarray(mask.shape, np.float64)[:, None] - 0.5
   inside = np.all((source >= -0.5) & (source <= limits), axis=0).reshape(out_shape)
-  warped_mask[~inside] = IGNORE_INDEX
+  warped_mask[~inside] = ignore_index
   return warped, warped_mask
 
 
-def warp_patch(image: np.ndarray, mask: np.ndarray, matrix, offset, patch_shape):
+def warp_patch(
+  image: np.ndarray, mask: np.ndarray, matrix, offset, patch_shape, *, ignore_index=IGNORE_INDEX
+):
   """Resample a patch of a possibly much larger image: cost in proportion to the patch.
 
   Like :func:`warp`, but only the part of the input that the patch reads is touched, and
   pixels from outside the input are reported instead of filled: the mask gets
-  ``IGNORE_INDEX`` there and ``inside`` is false, so that the caller can give the image the
+  ``ignore_index`` there and ``inside`` is false, so that the caller can give the image the
   value that inference pads with.
 
   Returns:
@@ -199,11 +204,11 @@ def warp_patch(image: np.ndarray, mask: np.ndarray, matrix, offset, patch_shape)
   image, mask = image[box], mask[box]
   offset = offset - lo
   if np.array_equal(matrix, np.eye(n)) and np.array_equal(offset, np.round(offset)):
-    return _shifted_crop(image, mask, offset.astype(int), patch_shape)
+    return _shifted_crop(image, mask, offset.astype(int), patch_shape, ignore_index)
   if image.size == 0:  # the footprint misses the input entirely
     return (
       np.zeros((*patch_shape, image.shape[-1]), np.float32),
-      np.full(patch_shape, IGNORE_INDEX, np.uint8),
+      np.full(patch_shape, ignore_index, np.uint8),
       np.zeros(patch_shape, bool),
     )
   image = image.astype(np.float32, copy=False)
@@ -227,17 +232,17 @@ def warp_patch(image: np.ndarray, mask: np.ndarray, matrix, offset, patch_shape)
   common = dict(
     offset=offset, output_shape=patch_shape, order=0, mode="grid-constant", prefilter=False
   )
-  warped_mask = ndimage.affine_transform(mask, matrix, cval=IGNORE_INDEX, **common)
+  warped_mask = ndimage.affine_transform(mask, matrix, cval=ignore_index, **common)
   inside = ndimage.affine_transform(np.ones(mask.shape, np.uint8), matrix, cval=0, **common).astype(
     bool
   )
   return warped, warped_mask, inside
 
 
-def _shifted_crop(image, mask, start, patch_shape):
+def _shifted_crop(image, mask, start, patch_shape, ignore_index):
   """The exact crop ``input[start : start + patch_shape]``, with outside pixels marked."""
   out = np.zeros((*patch_shape, image.shape[-1]), np.float32)
-  out_mask = np.full(patch_shape, IGNORE_INDEX, np.uint8)
+  out_mask = np.full(patch_shape, ignore_index, np.uint8)
   inside = np.zeros(patch_shape, bool)
   src, dst = [], []
   for begin, size, length in zip(start, patch_shape, mask.shape, strict=True):

@@ -12,11 +12,12 @@ Images either keep their own size (native resolution), the pipeline then trainin
 patches of ``patch_size`` with foreground oversampling, or are resized to one
 ``spatial_shape``. :func:`eval_examples` yields whole images one at a time for evaluation.
 
-A batch is ``{"image": float32 (B, *spatial, C), "label": int32 (B, *spatial)}`` with
-``IGNORE_INDEX`` (255) for pixels that count nowhere. ``B`` is the per-process batch,
-``global_batch_size // shard_count``: the global batch is the same whatever the number of
-processes or devices. With a fixed seed the batches are a pure function of the seed and the
-step, and ``iterator.get_state()`` / ``iterator.set_state(state)`` resume a run exactly.
+A batch is ``{"image": float32 (B, *spatial, C), "label": int32 (B, *spatial)}`` with the
+dataset's ``ignore_index`` (255 for every built-in one) for pixels that count nowhere. ``B``
+is the per-process batch, ``global_batch_size // shard_count``: the global batch is the same
+whatever the number of processes or devices. With a fixed seed the batches are a pure
+function of the seed and the step, and ``iterator.get_state()`` /
+``iterator.set_state(state)`` resume a run exactly.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def preprocess_example(
   given, and normalise). With ``patch_size`` (training only) the example is a patch of that
   size at the working resolution (``spatial_shape``, or the image's own), placed by
   :func:`regionloss_jax.data.patches.patch_centre`; patch pixels outside the image have
-  label ``IGNORE_INDEX`` and image value 0 (what sliding-window inference pads with).
+  label ``data.ignore_index`` and image value 0 (what sliding-window inference pads with).
   """
   image, mask = _decoded(example, data, relabel)
   scale = value_scale(image.dtype)
@@ -92,13 +93,13 @@ def preprocess_example(
       matrix, offset = sample_affine(
         np.random.default_rng(0), image.shape[:-1], working, Augment.none()
       )
-      image, mask = warp(image, mask, matrix, offset, working)
+      image, mask = warp(image, mask, matrix, offset, working, ignore_index=data.ignore_index)
   if rng is None:
     image = image.astype(np.float32) / scale
     return {"image": ((image - mean) / std).astype(np.float32), "label": mask.astype(np.int32)}
   if patch_size is None:
     matrix, offset = sample_affine(rng, image.shape[:-1], working, augment)
-    image, mask = warp(image, mask, matrix, offset, working)
+    image, mask = warp(image, mask, matrix, offset, working, ignore_index=data.ignore_index)
     image = jitter(image / scale, rng, augment)
     return {"image": ((image - mean) / std).astype(np.float32), "label": mask.astype(np.int32)}
   if "locations" in example and not resized:  # stored by preparation, on this grid
@@ -115,7 +116,9 @@ def preprocess_example(
     foreground_fraction=foreground_fraction,
   )
   matrix, offset = sample_patch_affine(rng, centre, patch_size, augment)
-  image, mask, inside = warp_patch(image, mask, matrix, offset, patch_size)
+  image, mask, inside = warp_patch(
+    image, mask, matrix, offset, patch_size, ignore_index=data.ignore_index
+  )
   image = (jitter(image / scale, rng, augment) - mean) / std
   image[~inside] = 0.0
   return {"image": image.astype(np.float32), "label": mask.astype(np.int32)}

@@ -125,6 +125,30 @@ def test_image_smaller_than_the_patch_is_padded_and_ignored():
   assert (img[~inside] == 0).all()  # what sliding-window inference pads with
 
 
+@pytest.mark.parametrize("rotate", [False, True])
+def test_padding_takes_the_datasets_own_ignore_index(rotate):
+  # A dataset whose ignored pixels are labelled 7 must get 7, not 255, where a patch leaves
+  # the image: the loss and the metrics skip the dataset's value only. The exact crop and
+  # the warped (rotated) patch take different paths.
+  mask = np.ones((6, 10), np.uint8)
+  dataset = SegmentationData(
+    source=[{"image": np.full((6, 10, 1), 200, np.uint8), "segmentation_mask": mask[..., None]}]
+    * 4,
+    class_names=("bg", "fg"),
+    mean=(0.5,),
+    std=(0.25,),
+    ignore_index=7,
+  )
+  augment_options = augment.Augment(
+    flip_axes=(), scale=(1.0, 1.0), zoom=(1.0, 1.0), max_rotation_deg=30.0 if rotate else 0.0
+  )
+  batch = _patches(
+    dataset, steps=1, patch_size=(16, 16), foreground_fraction=0.0, augment=augment_options
+  )[0]
+  values = set(np.unique(batch["label"]).tolist())
+  assert values == {1, 7}
+
+
 def test_augmented_patches_keep_image_and_mask_aligned():
   mask = np.zeros((120, 90), np.uint8)
   mask[20:70, 10:60] = 1
