@@ -10,7 +10,7 @@ VENV_OLDEST := .venv-jax06
 CONSTRAINTS_OLDEST := requirements/constraints-jax06.txt
 LIBRARY_TESTS := tests/losses tests/test_metrics.py tests/test_inference.py tests/test_packaging.py
 
-.PHONY: install demo test bench compare clean lint docs doctest test-oldest-jax \
+.PHONY: install demo test test-fast bench compare clean lint docs doctest test-oldest-jax \
   bench-accelerator accelerator-wheels
 
 install: $(STAMP)
@@ -27,6 +27,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+
+# Under 3 minutes on 2 cores: every module at small sizes, a sample of each large parametrized
+# family and one short training run; the tests marked slow (tests/tiers.py) are left out.
+test-fast: install
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow" tests
 
 # A smaller version of the region-size study on the embedded multiclass data: four losses,
 # the weight tuned on validation over (0.1, 1.0) at temperature 10, two seeds; 12 runs.
@@ -84,13 +89,16 @@ doctest: install
 	  regionloss_jax/losses regionloss_jax/metrics.py regionloss_jax/inference.py \
 	  regionloss_jax/models/unet.py
 
-# HTML API reference of regionloss_jax into build/docs (open build/docs/index.html). The
-# subpackages are named because pdoc documents only what a package's __all__ lists.
+# HTML API reference of regionloss_jax into build/docs (open build/docs/index.html), and the
+# tutorials of docs/tutorials executed into build/docs/tutorials (each page with its
+# outputs; a few minutes on a CPU). The subpackages are named because pdoc documents only
+# what a package's __all__ lists.
 DOC_MODULES := regionloss_jax regionloss_jax.losses regionloss_jax.metrics \
   regionloss_jax.inference regionloss_jax.models regionloss_jax.data
 docs: install
 	rm -rf build/docs
 	$(PY) -m pdoc --docformat google --output-directory build/docs $(DOC_MODULES)
+	$(PY) docs/run_tutorials.py --out build/docs/tutorials
 
 # The library's tests (losses, metrics, inference, packaging) on the oldest supported JAX,
 # in .venv-jax06, with only the core dependencies and the test extra: no training stack.

@@ -8,6 +8,8 @@ import zipfile
 
 import pytest
 
+from tests import tiers
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,7 @@ def _wheel(folder: pathlib.Path, name: str, module: str) -> pathlib.Path:
   return path
 
 
+@tiers.SLOW
 def test_the_suite_runs_every_part_at_toy_sizes(tmp_path):
   log = tmp_path / "suite.log"
   result = subprocess.run(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from regionloss_jax import inference
+from tests import tiers
 
 
 def _pointwise(seed: int = 0, channels: int = 2, classes: int = 3):
@@ -57,6 +58,7 @@ def test_one_window_covering_the_image_is_the_direct_pass():
   np.testing.assert_array_equal(out, np.asarray(model(images)))
 
 
+@tiers.SLOW
 def test_a_unet_sized_window_equals_the_direct_pass_of_a_real_unet():
   nnx = pytest.importorskip("flax.nnx", reason="needs the train extra (Flax)")
   from regionloss_jax.models import UNet

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from regionloss_jax import losses
+from tests import tiers
 from tests.losses.helpers import IGNORE, make_inputs
 
 
@@ -137,10 +138,11 @@ def _fused_and_plain(name, mode, options, logits, labels, where):
 
 
 @pytest.mark.parametrize("shape", [(2, 6, 5), (2, 3, 4, 5)], ids=["2d", "3d"])
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "name, mode, options",
   _compound_cases(),
   ids=[f"{n}-{m}-{'-'.join(o) or 'defaults'}" for n, m, o in _compound_cases()],
+  fast_every=8,
 )
 def test_every_fused_compound_equals_plain(name, mode, options, shape):
   logits, labels = make_inputs(mode, shape=shape, seed=14)
@@ -196,9 +198,10 @@ def _logits_sized_results(step, logits, labels):
 
 
 @pytest.mark.parametrize("differentiate", [jax.grad, jax.value_and_grad], ids=["grad", "vg"])
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "name, options",
-  [
+  fast_every=5,
+  cases=[
     ("ce+dice", {"mode": "binary"}),
     ("ce+kl", {"mode": "binary", "temperature": 10.0}),
     ("focal+tversky", {"mode": "binary"}),

@@ -11,6 +11,7 @@ import pytest
 
 from regionloss_jax import losses
 from regionloss_jax.losses import pallas_gpu
+from tests import tiers
 from tests.losses.helpers import IGNORE
 from tests.losses.test_reference import _ARRAYS, ENTRIES
 
@@ -46,9 +47,10 @@ def _kernels(labels, where, **options):
 
 
 @pytest.mark.parametrize("term", TERMS)
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "shape, num_classes, temperature, use_where, tile_elements",
-  [
+  fast_every=2,
+  cases=[
     ((2, 8, 8), 5, 4.0, True, 128),  # 4 tiles of 16 pixels per image
     ((2, 4, 8, 4), 19, 10.0, False, 4096),  # 3-D, classes padded from 19 to 32
     ((1, 32, 16), 2, 1.0, True, 64),  # 16 tiles of 32 pixels
@@ -100,8 +102,11 @@ def test_some_reference_cases_fit_the_tiles():
   assert len(_REGION_ENTRIES) >= 12
 
 
-@pytest.mark.parametrize(
-  "entry", _REGION_ENTRIES, ids=[f"{c['case']}-{r['call']['name']}" for c, r in _REGION_ENTRIES]
+@tiers.parametrize(
+  "entry",
+  _REGION_ENTRIES,
+  ids=[f"{c['case']}-{r['call']['name']}" for c, r in _REGION_ENTRIES],
+  fast_every=4,
 )
 def test_reference_values_and_gradients(entry):
   case, result = entry

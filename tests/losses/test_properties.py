@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regionloss_jax import losses
+from tests import tiers
 from tests.losses.helpers import (
   IGNORE,
   NUM_CLASSES,
@@ -28,7 +29,7 @@ def _finite(tree):
   return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS)
+@tiers.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS, fast_every=6)
 def test_ignored_pixels_get_no_gradient_and_all_ignored_gives_zero_gradient(name, mode):
   step = value_and_grad(name, mode)
   logits, labels = make_inputs(mode, seed=1)
@@ -45,7 +46,7 @@ def test_ignored_pixels_get_no_gradient_and_all_ignored_gives_zero_gradient(name
   assert float(jnp.max(jnp.abs(grad))) == 0.0
 
 
-@pytest.mark.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS)
+@tiers.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS, fast_every=6)
 def test_saturated_logits_give_finite_values_and_gradients(name, mode):
   step = value_and_grad(
     name,
@@ -68,7 +69,7 @@ def test_saturated_logits_give_finite_values_and_gradients(name, mode):
     assert _finite(step(logits * 1e4, filled)), f"labels all {fill}"
 
 
-@pytest.mark.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS)
+@tiers.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS, fast_every=6)
 def test_bfloat16_logits_follow_float32(name, mode):
   step = value_and_grad(name, mode)
   logits, labels = make_inputs(mode, seed=3)
@@ -81,7 +82,7 @@ def test_bfloat16_logits_follow_float32(name, mode):
   assert abs(float(loss16) - float(loss32)) <= 2e-2 * max(1.0, abs(float(loss32)))
 
 
-@pytest.mark.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS)
+@tiers.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS, fast_every=6)
 def test_three_dimensional_inputs(name, mode):
   step = value_and_grad(name, mode)
   logits, labels = make_inputs(mode, shape=(2, 3, 4, 5), seed=4)
@@ -90,7 +91,7 @@ def test_three_dimensional_inputs(name, mode):
   assert _finite((loss, grad))
 
 
-@pytest.mark.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS)
+@tiers.parametrize("name, mode", CONFIGS, ids=CONFIG_IDS, fast_every=6)
 def test_perfect_prediction_minimises_the_loss(name, mode):
   step = value_and_grad(name, mode)
   _, labels = make_inputs(mode, seed=5, ignore_fraction=0.0)

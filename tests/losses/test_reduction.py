@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from regionloss_jax import losses
+from tests import tiers
 from tests.losses.helpers import IGNORE, make_inputs
 
 # Losses that are means of per-image values (no ignored pixels for ce and focal, whose
@@ -18,7 +19,7 @@ PER_IMAGE_AVERAGED = ["ce", "focal", "dice", "tversky", "generalized_dice"] + [
 
 
 @pytest.mark.parametrize("mode", losses.MODES)
-@pytest.mark.parametrize("shape", [(3, 6, 5), (3, 3, 4, 5)], ids=["2d", "3d"])
+@tiers.parametrize("shape", [(3, 6, 5), (3, 3, 4, 5)], ids=["2d", "3d"], fast_every=2)
 def test_mean_of_per_image_values_is_the_mean(mode, shape):
   logits, labels = make_inputs(mode, shape=shape, seed=50, ignore_fraction=0.0)
   for name in PER_IMAGE_AVERAGED:

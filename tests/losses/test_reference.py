@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from regionloss_jax import make_loss
+from tests import tiers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 _CASES = json.loads((REFERENCE / "losses_reference.json").read_text())["cases"]
@@ -42,10 +43,11 @@ def _case_outputs(case_index):
   return all_losses(logits, labels)
 
 
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "entry",
   [pytest.param(e, marks=pytest.mark.xdist_group(e[0]["case"])) for e in ENTRIES],
   ids=[_entry_id(e) for e in ENTRIES],
+  fast_every=12,
 )
 def test_value_and_gradient_match_reference(entry):
   case, result = entry

@@ -10,9 +10,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from regionloss_jax import make_loss
+from tests import tiers
 
 REFERENCE = pathlib.Path(__file__).parent / "reference"
 _META = json.loads((REFERENCE / "soft_reference.json").read_text())
@@ -48,10 +48,11 @@ def _case_outputs(case_index):
   return all_losses(logits, targets)
 
 
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "entry",
   ENTRIES,
   ids=[f"{_CASES[i]['case']}-{_CASES[i]['results'][j]['reference']}" for i, j in ENTRIES],
+  fast_every=10,
 )
 def test_value_and_gradient_match_monai_soft_label(entry):
   case_index, result_index = entry

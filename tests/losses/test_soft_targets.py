@@ -9,6 +9,7 @@ import pytest
 from jax.experimental import checkify
 
 from regionloss_jax import losses
+from tests import tiers
 from tests.losses.helpers import IGNORE, NUM_CLASSES, ignored_pixels, make_inputs
 
 
@@ -54,7 +55,7 @@ def _all_losses(mode, fused_kernel=True):
 
 
 @pytest.mark.parametrize("mode", losses.MODES)
-@pytest.mark.parametrize("shape", [(2, 6, 5), (2, 3, 4, 5)], ids=["2d", "3d"])
+@tiers.parametrize("shape", [(2, 6, 5), (2, 3, 4, 5)], ids=["2d", "3d"], fast_every=2)
 def test_one_hot_soft_targets_equal_integer_labels(mode, shape):
   logits, labels = make_inputs(mode, shape=shape, seed=40)
   targets, where = _one_hot(labels, mode)

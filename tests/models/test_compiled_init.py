@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 
 from regionloss_jax.models import UNet, compiled_init
+from tests import tiers
 
 
 def _leaves(module):
@@ -40,6 +41,7 @@ def test_threefry_parameters_equal_those_of_eager_construction():
   _assert_same_module(compiled_init(make), make())
 
 
+@tiers.SLOW
 def test_unet_with_dropout_and_batch_norm_equals_eager_construction():
   # Dropout keeps its RNG stream in the module: key data and count must come through too.
   def make():

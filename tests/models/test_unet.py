@@ -14,6 +14,7 @@ from flax import nnx
 
 from regionloss_jax.models import UNet
 from regionloss_jax.models.unet import Upsample, transposed_conv2
+from tests import tiers
 
 
 def fast_rngs(seed: int = 0) -> nnx.Rngs:
@@ -58,6 +59,7 @@ def test_anisotropic_3d_shape():
   assert output_shapes(model, (1, 8, 16, 32, 2)) == ((1, 8, 16, 32, 2), jnp.float32)
 
 
+@tiers.SLOW
 def test_concrete_forward_2d_is_finite_float32():
   model = UNet(1, 3, spatial_dims=2, depth=2, features=4, rngs=fast_rngs())
   logits = model(jnp.ones((2, 16, 16, 1)))
@@ -76,6 +78,7 @@ def test_transposed_conv2_by_hand_flips_the_kernel():
   np.testing.assert_array_equal(out[0, :, :, 0], [[4.0, 3.0], [2.0, 1.0]])
 
 
+@tiers.SLOW
 @pytest.mark.parametrize("spatial", [(3, 5), (2, 3, 4)])
 def test_transposed_conv2_matches_lax_conv_transpose_and_its_gradients(spatial):
   # lax.conv_transpose is what nnx.ConvTranspose computes: values and both gradients agree.
@@ -246,6 +249,7 @@ def test_jit_does_not_retrace_for_same_shapes():
   assert first.shape == second.shape == (1, 16, 16, 2)
 
 
+@tiers.SLOW
 def test_bfloat16_compute_gives_float32_logits_close_to_float32():
   options = dict(spatial_dims=2, depth=2, features=8)
   model32 = UNet(1, 3, rngs=fast_rngs(), **options)

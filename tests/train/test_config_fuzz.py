@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from regionloss_jax import inference, losses
 from regionloss_jax.data import imbalanced_shapes
+from tests import tiers
 from tests.train.helpers import run_program
 from train import build, config_checks, optim, step
 from train.configs import default
@@ -125,6 +126,7 @@ def _really_works(config, changed: str):
     assert starts[0] == 0 and starts[-1] == 2 * size[0]
 
 
+@tiers.SLOW
 @settings(
   max_examples=150,
   deadline=None,

@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
 
+from tests import tiers
 from tests.train.helpers import REPO, SHARES_TINY_RUN, make_tiny, tiny_flags
 from train import config_checks, datasets, parallel
 from train.configs import default
@@ -95,6 +96,7 @@ def test_distributed_flags_go_together():
     parallel.initialize(coordinator_address="localhost:1234", num_processes=2, process_id=2)
 
 
+@tiers.SLOW
 def test_steps_on_four_devices_match_one_device_replicated_and_fsdp():
   result = subprocess.run(
     [sys.executable, "-m", "tests.train.device_steps"],
@@ -114,6 +116,7 @@ def test_steps_on_four_devices_match_one_device_replicated_and_fsdp():
       np.testing.assert_allclose(ours, single, atol=1e-4)
 
 
+@tiers.SLOW
 @SHARES_TINY_RUN
 def test_program_on_four_devices_matches_one_device(tmp_path, cache_dir, finished_tiny_run):
   # The CPU split into 4 devices by the config (parallel.cpu_devices), as a user does it.
@@ -158,6 +161,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@tiers.SLOW
 def test_two_processes_over_loopback_train_one_model(tmp_path, cache_dir):
   config = default.get_config()
   make_tiny(config, cache_dir)
@@ -274,6 +278,7 @@ def _two_processes(workdir, cache_dir, overrides, module="train"):
   ]
 
 
+@tiers.SLOW
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, cache_dir):
   config = default.get_config()
   make_tiny(config, cache_dir)

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import tiers
 from tests.train.helpers import REPO, SHARES_TINY_RUN, run_program, tiny_flags
 from train.loop import flatten_summary
 
@@ -36,6 +37,7 @@ def _without_timing(records):
   return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]
 
 
+@tiers.SLOW
 @SHARES_TINY_RUN
 def test_summary_dice_is_the_mean_over_the_images_holding_the_class(finished_tiny_run):
   summary = json.loads((finished_tiny_run / "summary.json").read_text())["test"]
@@ -114,6 +116,7 @@ def _wait_for(path, process, timeout=300):
     time.sleep(0.05)
 
 
+@tiers.SLOW
 def test_killed_or_stopped_run_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
   # Patch training (random positions, foreground oversampling) and sliding-window
   # evaluation: the data iterator's state must carry the patch stream across the stop.
@@ -173,6 +176,7 @@ def test_unknown_config_field_is_one_line_naming_it(tmp_path, cache_dir):
   ]
 
 
+@tiers.SLOW
 def test_out_of_memory_names_the_fields_to_lower(tmp_path, cache_dir):
   # A real allocation failure: the second convolution's kernel would need about 1.2 TB.
   result = run_program(tmp_path / "oom", cache_dir, check=False, **{"model.features": 2**17})
@@ -189,6 +193,7 @@ def test_out_of_memory_names_the_fields_to_lower(tmp_path, cache_dir):
   assert "Traceback" not in result.stderr
 
 
+@tiers.SLOW
 def test_workdir_with_another_config_is_refused(tmp_path, cache_dir):
   workdir = tmp_path / "run"
   run_program(
@@ -209,6 +214,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, cache_dir):
   assert "optimizer.learning_rate" in result.stderr and "--overwrite" in result.stderr
 
 
+@tiers.SLOW
 def test_diverging_learning_rate_stops_with_a_clear_message(tmp_path, cache_dir):
   workdir = tmp_path / "diverged"
   result = run_program(
@@ -232,6 +238,7 @@ def test_diverging_learning_rate_stops_with_a_clear_message(tmp_path, cache_dir)
   assert all(value is not None for value in skipped)
 
 
+@tiers.SLOW
 @SHARES_TINY_RUN
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
   tmp_path, cache_dir, finished_tiny_run
@@ -264,6 +271,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
 ABSL_INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
 
 
+@tiers.SLOW
 @SHARES_TINY_RUN
 def test_the_console_shows_results_and_the_workdir_log_the_rest(
   tmp_path, cache_dir, finished_tiny_run

@@ -5,13 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import tiers
 from train import optim, step
 from train.configs import binary, default
 
 
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "make_config, loss_name, deep_supervision, precision",
-  [
+  fast_every=4,
+  cases=[
     (default.get_config, "ce+kl", False, "float32"),
     (default.get_config, "ce+dice", True, "float32"),
     (binary.get_config, "ce+l1", False, "float32"),
@@ -66,6 +68,7 @@ def _curve(precision: str, steps: int = 15):
   return np.array(losses), jaxpr, state
 
 
+@tiers.SLOW
 def test_bfloat16_follows_the_float32_training_curve():
   full, full_jaxpr, _ = _curve("float32")
   half, half_jaxpr, state = _curve("bfloat16")

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests import tiers
 from tests.train.helpers import REPO, run_program
 from train import user_errors
 
@@ -23,6 +24,7 @@ def _one_message(result, code, *names):
     assert name in result.stderr
 
 
+@tiers.SLOW
 def test_bad_config_value_is_a_usage_error_and_verbose_shows_the_traceback(tmp_path, cache_dir):
   bad = {"optimizer.learning_rate": -1}
   result = run_program(tmp_path / "run", cache_dir, check=False, **bad)
@@ -40,6 +42,7 @@ def test_unknown_field_with_verbose_shows_the_traceback(tmp_path, cache_dir):
   assert "Traceback" in result.stderr and "bach_size" in result.stderr
 
 
+@tiers.SLOW
 @pytest.mark.parametrize(
   ("arg", "message"),
   [
@@ -52,6 +55,7 @@ def test_command_line_mistakes_are_usage_errors(tmp_path, cache_dir, arg, messag
   _one_message(run_program(tmp_path / "run", cache_dir, arg, check=False), 2, message)
 
 
+@tiers.SLOW
 def test_missing_data_dir_then_a_workdir_of_another_run(tmp_path, cache_dir):
   workdir, data_dir = tmp_path / "run", tmp_path / "no_data"
   folder = {"data.name": "folder", "data.dir": data_dir, "data.num_classes": 2}
@@ -62,6 +66,7 @@ def test_missing_data_dir_then_a_workdir_of_another_run(tmp_path, cache_dir):
   _one_message(result, 2, "changed: optimizer.learning_rate", "--overwrite")
 
 
+@tiers.SLOW
 @pytest.mark.parametrize("module", ["train.evaluate", "train.predict"])
 def test_workdir_that_is_not_a_run(tmp_path, module):
   extra = [f"--input={tmp_path}", f"--out={tmp_path / 'out'}"] if module == "train.predict" else []

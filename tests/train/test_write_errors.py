@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tests import tiers
 from tests.train.helpers import SHARES_TINY_RUN, run_program
 from train import reporting, write_errors
 
@@ -134,6 +135,7 @@ def _resumed_from(workdir, step: int) -> None:
   assert "cannot be read" not in log and not (workdir / "corrupt_checkpoints").exists()
 
 
+@tiers.SLOW
 @SHARES_TINY_RUN
 def test_checkpoint_write_failure_stops_and_the_same_command_resumes(
   tmp_path, cache_dir, finished_tiny_run, monkeypatch
@@ -171,6 +173,7 @@ def _mount_tmpfs(directory, size: str) -> None:
     pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
 
 
+@tiers.SLOW
 @SHARES_TINY_RUN
 def test_a_really_full_disk_stops_the_run_and_the_same_command_resumes(
   tmp_path, cache_dir, finished_tiny_run
@@ -197,6 +200,7 @@ def test_a_really_full_disk_stops_the_run_and_the_same_command_resumes(
     subprocess.run(["umount", str(checkpoint_dir)], check=False)
 
 
+@tiers.SLOW
 def test_metrics_write_failure_names_metrics_jsonl(tmp_path, cache_dir):
   workdir = tmp_path / "run"
   os.makedirs(workdir)
