@@ -4,7 +4,7 @@ XLA:CPU (jaxlib 0.10) hands large convolutions to YNNPACK. For a U-Net's trainin
 a loss: the kernel gradients (convolutions that contract the batch and spatial axes) run
 several times slower there than on XLA's own Eigen path. On the project's 2-core CPU, two
 pairs of timings of the default jitted train step gave 620 and 608 ms with YNNPACK
-convolutions, 482 and 477 ms without (the README's Performance section has the rest). Only
+convolutions, 482 and 477 ms without (benchmarks/RESULTS.md has the rest). Only
 convolutions leave YNNPACK; its dots and elementwise fusions stay. The flags touch only the
 CPU backend, so GPU and TPU runs are unchanged.
 

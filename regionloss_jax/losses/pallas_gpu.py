@@ -11,7 +11,8 @@ method moves: two reads of the logits and one write of their size, 1.5 times a c
 them (plus the labels: 4 bytes per pixel per read).
 
 XLA's fusions of the same computation (:mod:`regionloss_jax.losses.fused`) ran at 9.0 times
-the copy floor on an H100 (README); this is for the GPU what that module is for the CPU.
+the copy floor on an H100 (benchmarks/RESULTS.md); this is for the GPU what that module is
+for the CPU.
 The kernels are written for Pallas' Triton backend and run on GPUs only;
 :func:`available` says whether this JAX has it. Elsewhere they run in Pallas' interpreter
 (``interpret=True``), which is how their values and gradients are tested on a CPU.

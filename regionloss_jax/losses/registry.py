@@ -157,7 +157,7 @@ def make_loss(
     pallas_kernel: ``ce+l1``, ``ce+kl`` and ``ce+db`` (multiclass, integer labels) run the
       Pallas kernels of :mod:`regionloss_jax.losses.pallas_gpu` where they are compiled for
       an NVIDIA GPU and the image size fits their tiles; elsewhere the path
-      ``fused_kernel`` chooses. Off by default until measured on a GPU (README).
+      ``fused_kernel`` chooses. Off by default until measured on a GPU (benchmarks/RESULTS.md).
 
   Returns:
     ``fn(logits, labels, *, where=None, weight=None) -> (loss, terms)``: ``loss`` a float32

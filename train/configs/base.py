@@ -128,7 +128,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.parallel.shard_params = False
   # On a host without accelerators: run the CPU as this many devices, the batch split over
   # them (it must divide train.batch_size). On the project's 2-core CPU, 2 made the default
-  # train step about 10% faster than 1 (README, Performance).
+  # train step about 10% faster than 1 (benchmarks/RESULTS.md).
   config.parallel.cpu_devices = 1
 
   config.precision = "float32"  # float32 | bfloat16

@@ -5,7 +5,7 @@ optional); masks hold class ids (0/255 binary masks are accepted). Every image k
 size: the model trains on 256x256 patches (a third centred on a foreground class) and is
 evaluated on whole images through sliding windows. On a laptop without a GPU, lower
 ``data.patch_size`` (e.g. ``(128,128)`` with ``model.depth=4``), ``model.features`` and
-``train.batch_size`` (README: what a step costs).
+``train.batch_size`` (benchmarks/RESULTS.md: what the native-resolution configs cost).
 """
 
 from train.configs import base

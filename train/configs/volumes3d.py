@@ -6,7 +6,7 @@ order, as nnU-Net does); the model trains on 96x96x96 patches (a third centred o
 foreground class) and is evaluated on whole volumes through sliding windows. For CT, set a
 Hounsfield window, e.g. ``--config.data.intensity_range="(-200.0,300.0)"``. On a laptop,
 lower ``data.patch_size`` (e.g. ``(48,48,48)`` with ``model.depth=3``), ``model.features``
-or ``train.batch_size`` (README: what a step costs).
+or ``train.batch_size`` (benchmarks/RESULTS.md: what the native-resolution configs cost).
 """
 
 from train.configs import base
