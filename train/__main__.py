@@ -1,4 +1,6 @@
-"""``python -m train --config=train/configs/default.py --workdir=DIR [--config.FIELD=VALUE]``.
+"""``python -m train --config=train/configs/default.py --workdir=DIR [--config.FIELD=VALUE]``,
+or ``python -m train --plan=PLAN_DIR/plan.json --workdir=DIR`` for a run planned by
+``python -m train.plan``.
 
 On several hosts, each process also gets ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I`` (or none of them under SLURM, Open MPI or on a TPU
@@ -14,7 +16,7 @@ from train import cli, loop, parallel, preemption, run_log, user_errors, xla_fla
 
 FIELDS_FILE = "train/configs/base.py"
 _CONFIG = cli.define_config_flag(
-  "train/configs/default.py", "Run configuration file.", fields_file=FIELDS_FILE
+  "train/configs/default.py", "Run configuration file.", fields_file=FIELDS_FILE, plan=True
 )
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, logs and plots.", required=True

@@ -30,14 +30,44 @@ def unknown_field_message(argv: list[str], error: Exception, config_file: str) -
   return f"a --config field does not exist: {text.splitlines()[0]}"
 
 
-def define_config_flag(default_file: str, help_text: str, *, fields_file: str):
-  """``--config`` (default ``default_file``) with ``--config.FIELD=VALUE`` overrides."""
+PLANNED_CONFIG = "train/configs/planned.py"
+
+
+def plan_argument(argv: list[str]) -> str | None:
+  """The value of ``--plan=PATH`` (or ``--plan PATH``) in ``argv``, before flags are parsed."""
+  for index, arg in enumerate(argv):
+    if arg.startswith("--plan="):
+      return arg.split("=", 1)[1]
+    if arg == "--plan" and index + 1 < len(argv):
+      return argv[index + 1]
+  return None
+
+
+def define_config_flag(
+  default_file: str, help_text: str, *, fields_file: str, plan: bool = False
+) -> config_flags.FlagHolder:
+  """``--config`` (default ``default_file``) with ``--config.FIELD=VALUE`` overrides.
+
+  With ``plan``, also ``--plan=PLAN.json`` (from ``python -m train.plan``): the config is
+  then :data:`PLANNED_CONFIG` with that plan, and the overrides apply on top of it.
+  """
+  if plan:
+    flags.DEFINE_string("plan", None, "A plan.json written by python -m train.plan.")
+    path = plan_argument(sys.argv)
+    if path is not None:
+      if any(a == "--config" or a.startswith("--config=") for a in sys.argv):
+        user_errors.fail("--plan and --config both choose the config; give one of them.")
+      default_file = f"{PLANNED_CONFIG}:{path}"
   try:
     # Without --config on the command line, ml_collections loads the default file and
     # applies the overrides right here, at definition, so their errors surface here too.
     return config_flags.DEFINE_config_file("config", default_file, help_text, lock_config=True)
   except (KeyError, AttributeError) as error:
     user_errors.fail(unknown_field_message(sys.argv, error, fields_file))
+  except (ValueError, flags.Error) as error:
+    # A plan file that cannot be read (train/configs/planned.py): absl wraps its error in
+    # the config file's whole traceback; its last line is what went wrong.
+    user_errors.fail(f"--plan: {str(error).strip().splitlines()[-1]}")
 
 
 def flags_parser(fields_file: str | None = None):

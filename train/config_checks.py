@@ -193,6 +193,7 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   _choice("model.norm", model.norm, unet.NORMS)
   _choice("model.activation", model.activation, tuple(unet.ACTIVATIONS))
   _choice("model.upsample", model.upsample, unet.UPSAMPLINGS)
+  _pooling(config)
   groups = unet.UNet.__init__.__kwdefaults__["num_groups"]
   widths = unet.stage_widths(model.depth, model.features, model.max_features)
   if model.norm == "group" and any(w % groups for w in widths):
@@ -277,8 +278,19 @@ def _as_config_error():
     raise ConfigError(str(error)) from error
 
 
+def _pooling(config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], ...]:
+  """``model.pooling`` checked against the depth; unset or ``()``: 2 on every axis."""
+  model = config.model
+  try:
+    return unet.check_pooling(
+      model.pooling or None, depth=model.depth, spatial_dims=model.spatial_dims
+    )
+  except (TypeError, ValueError) as error:
+    raise ConfigError(f"config.model.pooling={model.pooling!r}: {error}") from error
+
+
 def _sizes_message(field: str, value, config) -> str | None:
-  dims, side = config.model.spatial_dims, 2**config.model.depth
+  dims = config.model.spatial_dims
   value = tuple(value)
   if len(value) != dims:
     return (
@@ -287,6 +299,15 @@ def _sizes_message(field: str, value, config) -> str | None:
     )
   if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in value):
     return f"config.{field}={value} must hold positive integers."
+  if config.model.pooling:
+    divisor = unet.pooling_divisor(_pooling(config))
+    if any(s % d for s, d in zip(value, divisor, strict=True)):
+      return (
+        f"config.{field}={value} must be divisible by {divisor} along its axes (the "
+        f"products of model.pooling={_pooling(config)})."
+      )
+    return None
+  side = 2**config.model.depth
   if any(s % side for s in value):
     return (
       f"config.{field}={value} must be divisible by 2**model.depth={side} (the U-Net "

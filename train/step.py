@@ -45,6 +45,7 @@ def model_factory(
     dropout_rate=m.dropout_rate,
     upsample=m.upsample,
     deep_supervision=m.deep_supervision,
+    pooling=m.pooling or None,
     dtype=jnp.bfloat16 if config.precision == "bfloat16" else None,
     rngs=nnx.Rngs(params=seed, dropout=seed + 1),
   )

@@ -6,10 +6,14 @@ Arrays are channel-last: the model maps images ``(B, *spatial, C_in)`` to float3
 Layout, for ``depth = D`` and widths ``f_i = min(features * 2**i, max_features)``::
 
         encoder stage 0      ConvBlock(C_in -> f_0)                    at full resolution
-        encoder stage i      max-pool 2, ConvBlock(f_{i-1} -> f_i)     i = 1..D (D = bottleneck)
-        decoder level i      upsample f_{i+1} -> f_i, concat skip_i,   i = D-1..0
-                                                  ConvBlock(2 f_i -> f_i)
+        encoder stage i      max-pool p_i, ConvBlock(f_{i-1} -> f_i)   i = 1..D (D = bottleneck)
+        decoder level i      upsample p_{i+1}: f_{i+1} -> f_i,         i = D-1..0
+                             concat skip_i, ConvBlock(2 f_i -> f_i)
         head                 1x1 conv f_0 -> num_classes
+
+``p_i`` is level ``i``'s pooling: a factor of 2 or 1 per spatial axis, 2 on every axis by
+default. nnU-Net pools an anisotropic volume's coarse axis only once the other axes have
+caught up with its spacing; ``pooling`` lets a plan do the same.
 
 With deep supervision, decoder levels ``0..D-2`` each get a 1x1 head (nnU-Net drops the
 lowest-resolution decoder output from the loss); in training mode the model then returns a
@@ -132,12 +136,15 @@ class ConvBlock(nnx.Module):
 
 
 class Upsample(nnx.Module):
-  """Doubles every spatial size and maps ``in_features -> out_features`` channels.
+  """Multiplies each spatial size by its ``factors`` entry (2 or 1; default 2 on every axis)
+  and maps ``in_features -> out_features`` channels.
 
-  ``mode="transpose"``: a 2x2(x2) transposed convolution with stride 2 (the parameters of an
-  ``nnx.ConvTranspose``, computed by :func:`transposed_conv2`).
-  ``mode="resize"``: (bi/tri)linear resize by 2 then a 3x3(x3) convolution (resize-convolution,
-  which avoids the checkerboard artefacts transposed convolutions can produce).
+  ``mode="transpose"``: a transposed convolution whose kernel and stride are ``factors``
+  (2x2(x2), stride 2, by default; the parameters of an ``nnx.ConvTranspose``, computed by
+  :func:`transposed_conv2`).
+  ``mode="resize"``: (bi/tri)linear resize by ``factors`` then a 3x3(x3) convolution
+  (resize-convolution, which avoids the checkerboard artefacts transposed convolutions can
+  produce).
   """
 
   def __init__(
@@ -147,31 +154,29 @@ class Upsample(nnx.Module):
     *,
     spatial_dims: int = 2,
     mode: str = "transpose",
+    factors: tuple[int, ...] | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     rngs: nnx.Rngs,
   ):
     _check_spatial_dims(spatial_dims)
+    factors = tuple(factors or (2,) * spatial_dims)
     opts = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     if mode == "transpose":
       self.conv = nnx.ConvTranspose(
-        in_features,
-        out_features,
-        (2,) * spatial_dims,
-        (2,) * spatial_dims,
-        padding="SAME",
-        **opts,
+        in_features, out_features, factors, factors, padding="SAME", **opts
       )
     elif mode == "resize":
       self.conv = nnx.Conv(in_features, out_features, (3,) * spatial_dims, padding="SAME", **opts)
     else:
       raise ValueError(f"upsample must be one of {UPSAMPLINGS}, got {mode!r}.")
     self.mode = mode
+    self.factors = factors
 
   def __call__(self, x: Array) -> Array:
     if self.mode == "resize":
       batch, *spatial, channels = x.shape
-      target = (batch, *(2 * s for s in spatial), channels)
+      target = (batch, *(f * s for f, s in zip(self.factors, spatial, strict=True)), channels)
       x = jax.image.resize(x, target, method="linear")
       return self.conv(x)
     # The parameters stay nnx.ConvTranspose's (same names and shapes in checkpoints).
@@ -182,36 +187,63 @@ class Upsample(nnx.Module):
 
 
 def transposed_conv2(x: Array, kernel: Array) -> Array:
-  """The 2x2(x2) transposed convolution with stride 2 of ``nnx.ConvTranspose``, as one product.
+  """The transposed convolution of ``nnx.ConvTranspose`` whose stride equals its kernel size
+  (2x2(x2), stride 2, or a factor of 1 along some axes), as one product.
 
-  ``x: (B, *spatial, C_in)``, ``kernel: (2,) * n + (C_in, C_out)`` -> ``(B, *2 spatial, C_out)``.
-  When the stride equals the kernel size the output blocks do not overlap: input pixel ``i``
-  alone writes the block at ``2 i``, ``y[2 i + a] = x[i] @ kernel[1 - a]`` per spatial axis
-  (lax's transposed convolution flips the kernel). A matrix product and a depth-to-space
-  reshape give the convolution form's values (to rounding); its kernel gradient XLA:CPU runs
-  on a generic dilated-convolution path about ten times slower than a product.
+  ``x: (B, *spatial, C_in)``, ``kernel: k + (C_in, C_out)`` with ``k`` of 2s and 1s ->
+  ``(B, *(k * spatial), C_out)``. When the stride equals the kernel size the output blocks do
+  not overlap: input pixel ``i`` alone writes the block at ``k i``, ``y[k i + a] = x[i] @
+  kernel[k - 1 - a]`` per spatial axis (lax's transposed convolution flips the kernel). A
+  matrix product and a depth-to-space reshape give the convolution form's values (to
+  rounding); its kernel gradient XLA:CPU runs on a generic dilated-convolution path about ten
+  times slower than a product.
   """
   batch, *spatial, in_features = x.shape
   n = len(spatial)
+  factors = kernel.shape[:n]
   out_features = kernel.shape[-1]
   flipped = kernel[(slice(None, None, -1),) * n]
-  # (C_in, 2, .., 2, C_out) -> (C_in, 2**n C_out): each pixel's whole output block at once.
+  # (C_in, k_1, .., k_n, C_out) -> (C_in, prod(k) C_out): each pixel's whole output block.
   weights = jnp.moveaxis(flipped, n, 0).reshape(in_features, -1)
-  blocks = (x.reshape(-1, in_features) @ weights).reshape(batch, *spatial, *(2,) * n, out_features)
+  blocks = (x.reshape(-1, in_features) @ weights).reshape(batch, *spatial, *factors, out_features)
   # (B, s_1.., s_n, a_1.., a_n, C) -> (B, s_1, a_1, .., s_n, a_n, C): interleave the offsets.
   order = [0] + [axis for i in range(n) for axis in (1 + i, 1 + n + i)] + [1 + 2 * n]
-  return blocks.transpose(order).reshape(batch, *(2 * s for s in spatial), out_features)
+  upsampled = (k * s for k, s in zip(factors, spatial, strict=True))
+  return blocks.transpose(order).reshape(batch, *upsampled, out_features)
 
 
-def max_pool2(x: Array) -> Array:
-  """2x max pooling over every spatial axis of ``(B, *spatial, C)`` (sizes must be even)."""
+def max_pool2(x: Array, factors: tuple[int, ...] | None = None) -> Array:
+  """Max pooling of ``(B, *spatial, C)`` by ``factors`` per spatial axis (2 or 1; default 2
+  on every axis); each size must be divisible by its factor."""
   batch, *spatial, channels = x.shape
-  # Split each spatial axis s into (s // 2, 2) and take the max over the size-2 axes.
+  factors = tuple(factors or (2,) * len(spatial))
+  # Split each spatial axis s into (s // f, f) and take the max over the window axes.
   split = [batch]
-  for s in spatial:
-    split += [s // 2, 2]
+  for s, f in zip(spatial, factors, strict=True):
+    split += [s // f, f]
   window_axes = tuple(2 + 2 * i for i in range(len(spatial)))
   return x.reshape(*split, channels).max(axis=window_axes)
+
+
+def check_pooling(pooling, *, depth: int, spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+  """``pooling`` as ``depth`` tuples of ``spatial_dims`` factors in {1, 2}; ``None``: 2 on
+  every axis at every level. Raises ``ValueError`` naming what does not fit."""
+  if pooling is None:
+    return ((2,) * spatial_dims,) * depth
+  pooling = tuple(tuple(int(f) for f in level) for level in pooling)
+  if len(pooling) != depth or any(len(level) != spatial_dims for level in pooling):
+    raise ValueError(
+      f"pooling needs {depth} levels (one per down-sampling step) of {spatial_dims} factors, "
+      f"got {pooling}."
+    )
+  if any(f not in (1, 2) for level in pooling for f in level):
+    raise ValueError(f"pooling factors must be 1 or 2, got {pooling}.")
+  return pooling
+
+
+def pooling_divisor(pooling) -> tuple[int, ...]:
+  """What each spatial size must be divisible by: the product of its axis's factors."""
+  return tuple(int(np.prod(axis)) for axis in zip(*pooling, strict=True))
 
 
 def stage_widths(depth: int, features: int, max_features: int | None = None) -> list[int]:
@@ -226,7 +258,8 @@ class UNet(nnx.Module):
   """U-Net for 2-D (``spatial_dims=2``) or 3-D (``spatial_dims=3``) segmentation.
 
   Maps ``x: (B, *spatial, in_channels)`` to float32 logits ``(B, *spatial, num_classes)``.
-  Every spatial size must be divisible by ``2**depth``.
+  Every spatial size must be divisible by ``2**depth`` (with ``pooling``: by the product of
+  its axis's factors).
 
   Modes follow NNX: ``model.train()`` (the default after construction) and ``model.eval()``
   switch dropout, BatchNorm statistics and, with ``deep_supervision=True``, the output:
@@ -238,7 +271,10 @@ class UNet(nnx.Module):
       in_channels: input channels C_in.
       num_classes: output channels (one logit per class).
       spatial_dims: 2 or 3.
-      depth: number of 2x down-sampling steps (the bottleneck has ``spatial / 2**depth``).
+      depth: number of down-sampling steps (the bottleneck has ``spatial / 2**depth``).
+      pooling: per down-sampling step, a factor (2 or 1) per spatial axis; default 2
+          everywhere. An axis with factor 1 keeps its size at that level (nnU-Net's
+          anisotropic pooling).
       features: width of the first stage; doubled at each level.
       max_features: optional cap on the width (nnU-Net uses 320 in 3-D, 512 in 2-D).
       norm: ``"instance"``, ``"group"`` or ``"batch"``.
@@ -285,6 +321,7 @@ class UNet(nnx.Module):
     dropout_rate: float = 0.0,
     upsample: str = "transpose",
     deep_supervision: bool = False,
+    pooling: tuple[tuple[int, ...], ...] | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     rngs: nnx.Rngs,
@@ -311,6 +348,7 @@ class UNet(nnx.Module):
     self.in_channels = in_channels
     self.num_classes = num_classes
     self.depth = depth
+    self.pooling = check_pooling(pooling, depth=depth, spatial_dims=spatial_dims)
     self.deep_supervision = deep_supervision
     # Set by nnx's .train() / .eval() along with Dropout's; False = training mode.
     self.deterministic = False
@@ -336,7 +374,14 @@ class UNet(nnx.Module):
     # decoder_*[i] bring resolution 1/2**(i+1) up to 1/2**i; applied for i = depth-1 .. 0.
     self.upsamplers = nnx.List(
       [
-        Upsample(widths[i + 1], widths[i], spatial_dims=spatial_dims, mode=upsample, **conv)
+        Upsample(
+          widths[i + 1],
+          widths[i],
+          spatial_dims=spatial_dims,
+          mode=upsample,
+          factors=self.pooling[i],
+          **conv,
+        )
         for i in range(depth)
       ]
     )
@@ -371,11 +416,11 @@ class UNet(nnx.Module):
       raise ValueError(
         f"UNet expects {self.in_channels} input channels (last axis), got shape {tuple(x.shape)}."
       )
-    factor = 2**self.depth
-    if any(s % factor for s in x.shape[1:-1]):
+    divisor = pooling_divisor(self.pooling)
+    if any(s % d for s, d in zip(x.shape[1:-1], divisor, strict=True)):
       raise ValueError(
-        f"UNet(depth={self.depth}) needs spatial sizes divisible by {factor}, "
-        f"got shape {tuple(x.shape)}."
+        f"UNet(depth={self.depth}) needs spatial sizes divisible by "
+        f"{divisor[0] if len(set(divisor)) == 1 else divisor}, got shape {tuple(x.shape)}."
       )
 
   def __call__(self, x: Array) -> Array | list[Array]:
@@ -384,7 +429,7 @@ class UNet(nnx.Module):
     skips = []
     for level, block in enumerate(self.encoder_blocks):
       if level > 0:
-        x = max_pool2(x)
+        x = max_pool2(x, self.pooling[level - 1])
       x = block(x)
       skips.append(x)
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from regionloss_jax.models import UNet
-from regionloss_jax.models.unet import Upsample, transposed_conv2
+from regionloss_jax.models.unet import Upsample, max_pool2, transposed_conv2
 from tests import tiers
 
 
@@ -78,19 +78,23 @@ def test_transposed_conv2_by_hand_flips_the_kernel():
   np.testing.assert_array_equal(out[0, :, :, 0], [[4.0, 3.0], [2.0, 1.0]])
 
 
-@tiers.SLOW
-@pytest.mark.parametrize("spatial", [(3, 5), (2, 3, 4)])
-def test_transposed_conv2_matches_lax_conv_transpose_and_its_gradients(spatial):
-  # lax.conv_transpose is what nnx.ConvTranspose computes: values and both gradients agree.
+@tiers.parametrize(
+  "spatial, factors",
+  [((3, 5), (2, 2)), ((2, 3, 4), (2, 2, 2)), ((2, 3, 4), (1, 2, 2)), ((3, 5), (2, 1))],
+  fast_every=4,
+)
+def test_transposed_conv2_matches_lax_conv_transpose_and_its_gradients(spatial, factors):
+  # lax.conv_transpose is what nnx.ConvTranspose computes: values and both gradients agree,
+  # also with a factor of 1 along an axis (anisotropic pooling).
   n = len(spatial)
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (2, *spatial, 6))
-  kernel = jax.random.normal(kk, (2,) * n + (6, 4))
-  cotangent = jax.random.normal(kg, (2, *(2 * s for s in spatial), 4))
+  kernel = jax.random.normal(kk, factors + (6, 4))
+  cotangent = jax.random.normal(kg, (2, *(f * s for f, s in zip(factors, spatial, strict=True)), 4))
   layout = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}[n]
 
   def reference(x, kernel):
-    return jax.lax.conv_transpose(x, kernel, (2,) * n, "SAME", dimension_numbers=layout)
+    return jax.lax.conv_transpose(x, kernel, factors, "SAME", dimension_numbers=layout)
 
   out, vjp = jax.vjp(transposed_conv2, x, kernel)
   expected, expected_vjp = jax.vjp(reference, x, kernel)
@@ -295,3 +299,54 @@ def test_tiny_overfit_one_batch():
 
   losses = [float(train_step(model, optimizer, images, labels)) for _ in range(40)]
   assert losses[-1] < losses[0] / 10, losses
+
+
+# ---------------------------------------------------------------------------------------------
+# Anisotropic pooling
+
+
+def test_max_pool_by_factors_equals_the_max_over_each_window():
+  x = jax.random.normal(jax.random.key(3), (2, 4, 6, 3))
+  got = max_pool2(x, (1, 2))
+  want = np.asarray(x).reshape(2, 4, 3, 2, 3).max(axis=3)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(max_pool2(x), np.asarray(x).reshape(2, 2, 2, 3, 2, 3).max((2, 4)))
+
+
+def test_unet_with_anisotropic_pooling_keeps_the_coarse_axis_until_the_last_level():
+  # Three slices cannot be halved: with factor 1 on that axis at both levels they stay
+  # whole while the in-plane axes are halved twice, as a plan for thick slices chooses.
+  model = UNet(
+    in_channels=1,
+    num_classes=2,
+    spatial_dims=3,
+    depth=2,
+    features=4,
+    pooling=((1, 2, 2), (1, 2, 2)),
+    rngs=fast_rngs(),
+  )
+  assert model(jnp.zeros((1, 3, 8, 12, 1))).shape == (1, 3, 8, 12, 2)
+  with pytest.raises(ValueError, match=r"divisible by \(1, 4, 4\)"):
+    model(jnp.zeros((1, 3, 8, 10, 1)))
+  # Deep supervision heads shrink by the same factors.
+  supervised = UNet(
+    in_channels=1,
+    num_classes=2,
+    spatial_dims=3,
+    depth=3,
+    features=4,
+    pooling=((1, 2, 2), (2, 2, 2), (2, 2, 2)),
+    deep_supervision=True,
+    rngs=fast_rngs(),
+  )
+  shapes = [o.shape for o in supervised(jnp.zeros((1, 4, 8, 8, 1)))]
+  assert shapes == [(1, 4, 8, 8, 2), (1, 4, 4, 4, 2)]
+
+
+@pytest.mark.parametrize(
+  "pooling, message",
+  [(((2, 2),), "needs 2 levels"), (((2, 2), (2, 3)), "must be 1 or 2"), (((2,), (2,)), "of 2")],
+)
+def test_bad_pooling_is_named(pooling, message):
+  with pytest.raises(ValueError, match=message):
+    UNet(in_channels=1, num_classes=2, depth=2, features=4, pooling=pooling, rngs=fast_rngs())

@@ -161,3 +161,18 @@ def test_a_loss_ignore_index_other_than_the_datasets_is_an_error():
   config_checks.check_ignore_index(config, 7)  # restating it (older runs' configs) is fine
   with pytest.raises(ValueError, match=r"loss.ignore_index=7 differs .* 255"):
     config_checks.check_ignore_index(config, 255)
+
+
+def test_anisotropic_pooling_sets_what_each_axis_must_divide():
+  config = volumes3d.get_config()
+  config.data.dir, config.data.num_classes = "/data", 3
+  config.model.depth = 3
+  config.model.pooling = ((1, 2, 2), (1, 2, 2), (2, 2, 2))
+  config.data.patch_size = (8, 64, 64)  # 2 along the first axis, 8 along the others
+  config_checks.check_config(config)
+  config.data.patch_size = (5, 64, 64)
+  with pytest.raises(config_checks.ConfigError, match=r"divisible by \(2, 8, 8\)"):
+    config_checks.check_config(config)
+  config.model.pooling = ((1, 2, 2), (2, 2, 2))
+  with pytest.raises(config_checks.ConfigError, match="pooling needs 3 levels"):
+    config_checks.check_config(config)

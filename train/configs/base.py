@@ -64,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.0
   config.model.upsample = "transpose"
   config.model.deep_supervision = False
+  # Per down-sampling step, a factor (2 or 1) per spatial axis, e.g. ((1, 2, 2), (2, 2, 2))
+  # for thick slices (nnU-Net's anisotropic pooling; train.plan chooses it); unset: 2
+  # everywhere.
+  config.model.pooling = config_dict.placeholder(tuple)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ce+kl"
