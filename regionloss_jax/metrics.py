@@ -14,12 +14,13 @@ precision          ``|P| = 0``: 1 if ``G`` is also empty, else 0
 recall             ``|G| = 0``: 1 if ``P`` is also empty, else 0
 HD95               0 when both are empty; the image diagonal (the largest possible
                    distance) when exactly one is empty
+NSD                1 when both are empty, 0 when exactly one is empty
 proportions        0 for an image whose pixels are all ignored
 =================  ================================================================
 
 These per-image values are what :func:`evaluate_batch` returns. Averages over images
 (:func:`summarize`) follow MONAI's ``DiceMetric(ignore_empty=True)`` and nnU-Net: a class's
-Dice, IoU, HD95, precision and recall are means over the images where the class is present,
+Dice, IoU, HD95, NSD, precision and recall are means over the images where the class is present,
 so that a class the model never predicts scores 0, not the share of images without it.
 Beside them, ``detection_rate`` (images with the class where the prediction overlaps it)
 and ``absent_false_positive_rate`` (images without the class where some of it is predicted)
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-PER_IMAGE_METRICS = ("dice", "iou", "precision", "recall", "hd95")
+PER_IMAGE_METRICS = ("dice", "iou", "precision", "recall", "hd95", "nsd")
 
 
 def _as_int_masks(pred, labels, *, num_classes: int, ignore_index: int | None):
@@ -229,13 +230,33 @@ def recall(pred, labels, *, num_classes: int, ignore_index: int | None = None) -
   )
 
 
-def _spacing_tuple(spacing, spatial_dims: int) -> tuple[float, ...]:
+def _spacing_per_image(spacing, batch: int, spatial_dims: int) -> np.ndarray:
+  """Pixel size of every image, float64 ``(B, spatial_dims)``.
+
+  ``spacing`` is ``None`` (1 per axis), one number, one number per axis (the same for every
+  image), or an array ``(B, spatial_dims)`` with one row per image.
+  """
   if spacing is None:
-    return (1.0,) * spatial_dims
-  spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing, float), (spatial_dims,)))
-  if not all(np.isfinite(s) and s > 0 for s in spacing):
-    raise ValueError(f"spacing must be positive and finite, got {spacing}.")
-  return spacing
+    return np.ones((batch, spatial_dims))
+  array = np.asarray(spacing, np.float64)
+  if array.ndim == 0 or (array.ndim == 1 and array.shape[0] in (1, spatial_dims)):
+    per_axis = np.broadcast_to(array.reshape(-1), (spatial_dims,))
+    array = np.broadcast_to(per_axis, (batch, spatial_dims))
+  elif array.shape != (batch, spatial_dims):
+    raise ValueError(
+      f"spacing must be one number, one per spatial axis ({spatial_dims}), or one row per "
+      f"image of shape (B, spatial_dims) = {(batch, spatial_dims)}; got shape {array.shape}."
+    )
+  if not np.all(np.isfinite(array) & (array > 0)):
+    raise ValueError(f"spacing must be positive and finite, got {array.tolist()}.")
+  return np.array(array)
+
+
+def _check_tolerance(tolerance) -> float:
+  value = float(tolerance)
+  if not (np.isfinite(value) and value >= 0):
+    raise ValueError(f"the surface tolerance must be finite and >= 0, got {tolerance!r}.")
+  return value
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -244,23 +265,58 @@ def _surface(mask: np.ndarray) -> np.ndarray:
   return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def _hd95_single(pred_mask, true_mask, spacing, diagonal: float) -> float:
-  pred_any, true_any = pred_mask.any(), true_mask.any()
-  if not pred_any and not true_any:
-    return 0.0
-  if not pred_any or not true_any:
-    return diagonal
+def _surface_distances(pred_mask, true_mask, spacing) -> tuple[np.ndarray, np.ndarray]:
+  """``(d(x, ∂G) for x in ∂P, d(y, ∂P) for y in ∂G)`` of two non-empty masks of one image."""
   pred_surface, true_surface = _surface(pred_mask), _surface(true_mask)
-  # Distances between surface points never leave the surfaces' bounding box, so the
-  # distance transforms can run on that crop only.
+  # The nearest surface point of either surface lies in the surfaces' bounding box, so the
+  # distance transforms on that crop are exact (for HD95 and for NSD at any tolerance).
   coords = np.argwhere(pred_surface | true_surface)
   box = tuple(slice(lo, hi + 1) for lo, hi in zip(coords.min(0), coords.max(0), strict=True))
   pred_surface, true_surface = pred_surface[box], true_surface[box]
   to_true = ndimage.distance_transform_edt(~true_surface, sampling=spacing)
   to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
-  return float(
-    max(np.percentile(to_true[pred_surface], 95), np.percentile(to_pred[true_surface], 95))
+  return to_true[pred_surface], to_pred[true_surface]
+
+
+# Distances are computed as sqrt(sum (n_i * s_i)**2) in floats, so a distance that is exactly
+# the tolerance on paper (3 pixels of 0.1 mm against 0.3 mm) may come out a rounding error
+# above it; this relative slack keeps such boundary pixels inside.
+_TOLERANCE_SLACK = 1e-9
+
+
+def _boundary_scores(
+  pred, labels, valid, spacing: np.ndarray, num_classes: int, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """HD95 and NSD at ``tolerance``, float64 ``(B, C)`` each, from one pair of distance
+  transforms per image and class."""
+  batch, spatial = labels.shape[0], labels.shape[1:]
+  hd = np.zeros((batch, num_classes))
+  nsd = np.ones((batch, num_classes))
+  within = tolerance * (1 + _TOLERANCE_SLACK)
+  for b in range(batch):
+    image_spacing = tuple(spacing[b])
+    diagonal = float(np.sqrt(np.sum(((np.asarray(spatial) - 1) * spacing[b]) ** 2)))
+    for k in range(num_classes):
+      pred_mask, true_mask = (pred[b] == k) & valid[b], (labels[b] == k) & valid[b]
+      pred_any, true_any = pred_mask.any(), true_mask.any()
+      if not pred_any and not true_any:
+        continue  # HD95 0, NSD 1
+      if not pred_any or not true_any:
+        hd[b, k], nsd[b, k] = diagonal, 0.0
+        continue
+      to_true, to_pred = _surface_distances(pred_mask, true_mask, image_spacing)
+      hd[b, k] = max(np.percentile(to_true, 95), np.percentile(to_pred, 95))
+      close = np.count_nonzero(to_true <= within) + np.count_nonzero(to_pred <= within)
+      nsd[b, k] = close / (to_true.size + to_pred.size)
+  return hd, nsd
+
+
+def _boundary_inputs(pred, labels, *, num_classes, ignore_index, spacing):
+  pred, labels, valid = _as_int_masks(
+    pred, labels, num_classes=num_classes, ignore_index=ignore_index
   )
+  spacing = _spacing_per_image(spacing, labels.shape[0], labels.ndim - 1)
+  return pred, labels, valid, spacing
 
 
 def hd95(
@@ -269,7 +325,7 @@ def hd95(
   *,
   num_classes: int,
   ignore_index: int | None = None,
-  spacing: float | Sequence[float] | None = None,
+  spacing=None,
 ) -> np.ndarray:
   """95th-percentile symmetric Hausdorff distance per image and class.
 
@@ -290,7 +346,8 @@ def hd95(
     labels: integer ``(B, *spatial)``, may hold ``ignore_index``.
     num_classes: number of classes C.
     ignore_index: label value of pixels to leave out.
-    spacing: pixel size, one number or one per spatial axis; default 1 (pixel units).
+    spacing: pixel size: one number or one per spatial axis for the whole batch, or an
+      array ``(B, spatial_dims)`` with each image's own; default 1 (pixel units).
 
   Returns:
     float64 ``(B, C)``.
@@ -312,19 +369,69 @@ def hd95(
     >>> hd95(pred, labels, num_classes=2, spacing=(0.5, 1.0))
     array([[0.5, 0.5]])
   """
-  pred, labels, valid = _as_int_masks(
-    pred, labels, num_classes=num_classes, ignore_index=ignore_index
+  pred, labels, valid, spacing = _boundary_inputs(
+    pred, labels, num_classes=num_classes, ignore_index=ignore_index, spacing=spacing
   )
-  spatial = labels.shape[1:]
-  spacing = _spacing_tuple(spacing, len(spatial))
-  diagonal = float(np.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(spatial, spacing, strict=True))))
-  result = np.zeros((labels.shape[0], num_classes))
-  for b in range(labels.shape[0]):
-    for k in range(num_classes):
-      result[b, k] = _hd95_single(
-        (pred[b] == k) & valid[b], (labels[b] == k) & valid[b], spacing, diagonal
-      )
-  return result
+  return _boundary_scores(pred, labels, valid, spacing, num_classes, 0.0)[0]
+
+
+def normalized_surface_dice(
+  pred,
+  labels,
+  *,
+  num_classes: int,
+  tolerance: float,
+  ignore_index: int | None = None,
+  spacing=None,
+) -> np.ndarray:
+  """Normalized surface Dice (NSD) at a tolerance, per image and class.
+
+  With the surfaces ``∂P``, ``∂G`` and distances ``d`` of :func:`hd95` (physical units), the
+  share of both surfaces that lies within ``tolerance`` of the other one::
+
+      NSD = ( |{x in ∂P : d(x, ∂G) <= tol}| + |{y in ∂G : d(y, ∂P) <= tol}| ) / (|∂P| + |∂G|)
+
+  in ``[0, 1]``. Ignored pixels are removed from both masks. Empty masks: both empty gives
+  1 (nothing to find, nothing found), exactly one empty gives 0.
+
+  Args:
+    pred: integer ``(B, *spatial)``, 2-D or 3-D.
+    labels: integer ``(B, *spatial)``, may hold ``ignore_index``.
+    num_classes: number of classes C.
+    tolerance: largest distance (same units as ``spacing``) at which a surface pixel counts
+      as matched; >= 0.
+    ignore_index: label value of pixels to leave out.
+    spacing: pixel size: one number or one per spatial axis for the whole batch, or an
+      array ``(B, spatial_dims)`` with each image's own; default 1 (pixel units).
+
+  Returns:
+    float64 ``(B, C)``.
+
+  References:
+    S. Nikolov et al., "Clinically applicable segmentation of head and neck anatomy for
+    radiotherapy: deep learning algorithm development and validation study", J Med Internet
+    Res 23(7), 2021, arXiv:1809.04430 (the voxel version, as MONAI's
+    ``compute_surface_dice``).
+
+  Examples:
+    A 3x3 square shifted by one row: 8 surface pixels each, of which the 4 side pixels of
+    the two shared rows lie on both surfaces; the other 4 of each are one row away from
+    the other surface, so they count at tolerance 1 and not at tolerance 0.
+
+    >>> import numpy as np
+    >>> labels = np.zeros((1, 8, 8), int)
+    >>> labels[0, 2:5, 2:5] = 1
+    >>> pred = np.roll(labels, 1, axis=1)
+    >>> normalized_surface_dice(pred, labels, num_classes=2, tolerance=0.0)[0, 1]
+    np.float64(0.5)
+    >>> normalized_surface_dice(pred, labels, num_classes=2, tolerance=1.0)[0, 1]
+    np.float64(1.0)
+  """
+  tolerance = _check_tolerance(tolerance)
+  pred, labels, valid, spacing = _boundary_inputs(
+    pred, labels, num_classes=num_classes, ignore_index=ignore_index, spacing=spacing
+  )
+  return _boundary_scores(pred, labels, valid, spacing, num_classes, tolerance)[1]
 
 
 def mask_proportions(
@@ -414,7 +521,8 @@ def evaluate_batch(
   num_classes: int,
   ignore_index: int | None = None,
   probs=None,
-  spacing: float | Sequence[float] | None = None,
+  spacing=None,
+  nsd_tolerance: float = 1.0,
 ) -> dict[str, np.ndarray]:
   """Every metric of this module, per image and class, for one batch.
 
@@ -424,11 +532,13 @@ def evaluate_batch(
     num_classes: number of classes C (2 for a binary task with masks in {0, 1}).
     ignore_index: label value of pixels to leave out of every metric.
     probs: optional probabilities ``(B, *spatial, C)`` for the soft predicted proportion.
-    spacing: pixel size for HD95 (one number or one per spatial axis).
+    spacing: pixel size for HD95 and NSD: one number or one per spatial axis for the whole
+      batch, or an array ``(B, spatial_dims)`` with each image's own.
+    nsd_tolerance: tolerance of :func:`normalized_surface_dice`, in the units of ``spacing``.
 
   Returns:
     A dict of ``(B, C)`` arrays: ``tp``, ``fp``, ``fn`` (int64); ``dice``, ``iou``,
-    ``precision``, ``recall``, ``hd95`` and the proportions of :func:`mask_proportions`
+    ``precision``, ``recall``, ``hd95``, ``nsd`` and the proportions of :func:`mask_proportions`
     (float64); with ``probs`` also ``calibration`` ``(B, C, bins, 3)``
     (:func:`calibration_bins`). Empty-mask conventions are in the module docstring.
 
@@ -439,19 +549,22 @@ def evaluate_batch(
     >>> sorted(evaluate_batch(pred, labels, num_classes=2))[:6]
     ['dice', 'fn', 'fp', 'gt_proportion', 'hd95', 'iou']
   """
-  pred, labels, valid = _as_int_masks(
-    pred, labels, num_classes=num_classes, ignore_index=ignore_index
+  nsd_tolerance = _check_tolerance(nsd_tolerance)
+  pred, labels, valid, spacing = _boundary_inputs(
+    pred, labels, num_classes=num_classes, ignore_index=ignore_index, spacing=spacing
   )
   matrices = _confusion_matrices(pred, labels, valid, num_classes)
   tp = np.diagonal(matrices, axis1=1, axis2=2).copy()
   counts = {"tp": tp, "fp": matrices.sum(axis=1) - tp, "fn": matrices.sum(axis=2) - tp}
+  hd, nsd = _boundary_scores(pred, labels, valid, spacing, num_classes, nsd_tolerance)
   return {
     **counts,
     "dice": _dice_from_counts(**counts),
     "iou": _iou_from_counts(**counts),
     "precision": _precision_from_counts(**counts),
     "recall": _recall_from_counts(**counts),
-    "hd95": hd95(pred, labels, num_classes=num_classes, ignore_index=ignore_index, spacing=spacing),
+    "hd95": hd,
+    "nsd": nsd,
     **_proportions(matrices, valid, probs, num_classes),
     **(
       {}
@@ -554,7 +667,10 @@ def expected_calibration_error(histogram) -> np.ndarray:
 
 # summary key -> evaluate_batch key. The first group is averaged over the images where the
 # class is present, the proportions over every image.
-_PRESENT_ONLY_KEYS = ("dice", "iou", "hd95", "precision", "recall")
+_PRESENT_ONLY_KEYS = ("dice", "iou", "hd95", "nsd", "precision", "recall")
+# Per-image results kept before NSD existed, or by callers that keep a subset of the keys,
+# lack these; they are summarized when every result has them.
+_OPTIONAL_KEYS = frozenset({"nsd"})
 _PROPORTION_KEYS = {
   "proportion_mae": "proportion_abs_error",
   "proportion_bias": "proportion_bias",
@@ -585,8 +701,9 @@ def summarize(
 
   Per class k, with ``present`` the images whose ground truth holds k (``tp + fn > 0``):
 
-  * ``dice``, ``iou``, ``hd95``, ``precision``, ``recall``: means over the present images
-    (MONAI's ``ignore_empty=True``, nnU-Net); ``None`` when no image holds the class;
+  * ``dice``, ``iou``, ``hd95``, ``nsd``, ``precision``, ``recall``: means over the present
+    images (MONAI's ``ignore_empty=True``, nnU-Net); ``None`` when no image holds the class
+    (``nsd`` only when every result has it);
   * ``detection_rate``: share of the present images where the prediction overlaps the
     class (``tp > 0``); ``absent_false_positive_rate``: share of the other images where
     some of it is predicted (``fp > 0``); ``None`` when there is no such image;
@@ -621,7 +738,10 @@ def summarize(
     results = [results]
   if not results:
     raise ValueError("summarize needs at least one evaluate_batch result, got none.")
-  keys = ["tp", "fp", "fn", *_PRESENT_ONLY_KEYS, *_PROPORTION_KEYS.values()]
+  present_only = [
+    key for key in _PRESENT_ONLY_KEYS if key not in _OPTIONAL_KEYS or all(key in r for r in results)
+  ]
+  keys = ["tp", "fp", "fn", *present_only, *_PROPORTION_KEYS.values()]
   soft = all(_SOFT_PROPORTION_KEYS["proportion_mae_soft"] in r for r in results)
   if soft:
     keys += list(_SOFT_PROPORTION_KEYS.values())
@@ -649,9 +769,7 @@ def summarize(
   per_class = {}
   for k, name in enumerate(names):
     here, absent = present[:, k], ~present[:, k]
-    values: dict[str, Any] = {
-      key: _mean_where(stacked[key][:, k], here) for key in _PRESENT_ONLY_KEYS
-    }
+    values: dict[str, Any] = {key: _mean_where(stacked[key][:, k], here) for key in present_only}
     values["detection_rate"] = _mean_where(stacked["tp"][:, k] > 0, here)
     values["absent_false_positive_rate"] = _mean_where(stacked["fp"][:, k] > 0, absent)
     values["num_present"] = int(here.sum())

@@ -169,6 +169,198 @@ def test_hd95_ignores_ignored_pixels():
 
 
 # ---------------------------------------------------------------------------------------------
+# Normalized surface Dice
+
+
+def nsd(pred, labels, **kwargs):
+  return metrics.normalized_surface_dice(pred, labels, num_classes=2, **kwargs)[0, 1]
+
+
+def test_nsd_square_shifted_by_one_column():
+  # 12x12 squares at columns 8..19 (truth) and 9..20 (prediction): 44 surface pixels each.
+  # On both surfaces: rows 8 and 19 at columns 9..19, 22 pixels of each. The rest (the
+  # leading/trailing columns and the two outer corners) is exactly one column away.
+  pred, labels = square(8, 9, 12), square(8, 8, 12)
+  assert nsd(pred, labels, tolerance=0.0) == pytest.approx(44 / 88)
+  assert nsd(pred, labels, tolerance=0.99) == pytest.approx(44 / 88)
+  assert nsd(pred, labels, tolerance=1.0) == 1.0
+  assert nsd(labels, pred, tolerance=0.0) == pytest.approx(0.5)  # symmetric
+
+
+def test_nsd_anisotropic_spacing_by_hand():
+  pred, labels = square(8, 9, 12), square(8, 8, 12)
+  # Columns of 2 mm: the one-column gap is 2 mm, except for the side pixels of rows 9 and 18,
+  # which are 1 mm (one row) from the top/bottom row of the other surface: 22 + 2 of 44 on
+  # each side are within 1 mm.
+  assert nsd(pred, labels, tolerance=1.0, spacing=(1.0, 2.0)) == pytest.approx(48 / 88)
+  assert nsd(pred, labels, tolerance=2.0, spacing=(1.0, 2.0)) == 1.0
+  # Coarser rows do not lengthen a gap along the columns.
+  assert nsd(pred, labels, tolerance=1.0, spacing=(2.0, 1.0)) == 1.0
+  # Isotropic 0.5 mm halves every distance.
+  assert nsd(pred, labels, tolerance=0.5, spacing=0.5) == 1.0
+  assert nsd(pred, labels, tolerance=0.49, spacing=0.5) == pytest.approx(0.5)
+
+
+def test_nsd_tolerance_is_inclusive_despite_rounding():
+  # Three columns of 0.1 mm compute as 0.30000000000000004 mm: still within 0.3 mm.
+  pred = np.zeros((1, 6, 6), int)
+  labels = pred.copy()
+  pred[0, 1, 1] = 1
+  labels[0, 1, 4] = 1
+  assert nsd(pred, labels, tolerance=0.3, spacing=0.1) == 1.0
+  assert nsd(pred, labels, tolerance=0.29, spacing=0.1) == 0.0
+
+
+def test_nsd_empty_conventions():
+  zeros = np.zeros((1, 8, 6), int)
+  one = zeros.copy()
+  one[0, 2, 3] = 1
+  assert nsd(zeros, zeros, tolerance=1.0) == 1.0
+  assert nsd(one, zeros, tolerance=100.0) == 0.0  # false positive on an empty truth
+  assert nsd(zeros, one, tolerance=100.0) == 0.0  # missed object
+  result = metrics.evaluate_batch(one, zeros, num_classes=2)
+  assert result["nsd"][0, 1] == 0.0
+  # Background: the border ring (24 pixels) on both surfaces, plus the hole's 4 neighbours
+  # on the prediction's; (1, 3) and (2, 4) are 1 px from the border, (2, 2) and (3, 3) 2 px.
+  assert result["nsd"][0, 0] == pytest.approx(50 / 52)
+
+
+def test_nsd_ignores_ignored_pixels():
+  # As in the HD95 test: the prediction spills 4 columns into an ignored band.
+  labels_no_band = square(8, 8, 12)
+  pred = labels_no_band.copy()
+  pred[0, 8:20, 20:24] = 1
+  labels = labels_no_band.copy()
+  labels[0, :, 20:] = 255
+  assert nsd(pred, labels, tolerance=0.0, ignore_index=255) == 1.0
+  # Counted, the prediction's surface has 52 pixels: rows 8 and 19 at columns 8..20 (13 +
+  # 13) and column 8 (10) are within 1 px; the truth's 44: all but its column 19 (pred
+  # interior, 4 px from column 23) except its rows 9 and 18 (1 px from row 8/19): 36 each.
+  assert nsd(pred, labels_no_band, tolerance=1.0) == pytest.approx(72 / 96)
+
+
+def test_nsd_3d_cubes_by_hand():
+  shape = (20, 20, 20)
+  pred = np.zeros((2, *shape), int)
+  labels = np.zeros((2, *shape), int)
+  pred[0, 5:13, 5:13, 5:13] = 1
+  labels[0, 5:13, 5:13, 7:15] = 1  # 8^3 cubes (296 surface voxels) 2 apart on the last axis
+  pred[1, 2, 2, 2] = 1
+  labels[1, 3, 4, 4] = 1  # single voxels 3 apart
+  kw = dict(num_classes=2)
+  # Tolerance 0: the 28-voxel rings of the 6 shared slices. Tolerance 1: also the ring one
+  # slice out (28) and the end face's 20 voxels next to the ring (its 16 central ones are 2
+  # from everything).
+  np.testing.assert_allclose(
+    metrics.normalized_surface_dice(pred, labels, tolerance=0.0, **kw)[:, 1], [168 / 296, 0]
+  )
+  np.testing.assert_allclose(
+    metrics.normalized_surface_dice(pred, labels, tolerance=1.0, **kw)[:, 1], [216 / 296, 0]
+  )
+  np.testing.assert_allclose(
+    metrics.normalized_surface_dice(pred, labels, tolerance=3.0, **kw)[:, 1], [1, 1]
+  )
+  # Voxels of (1, 1, 0.5) mm: the 2-voxel shift is 1 mm.
+  np.testing.assert_allclose(
+    metrics.normalized_surface_dice(pred, labels, tolerance=1.0, spacing=(1, 1, 0.5), **kw)[0, 1],
+    1.0,
+  )
+
+
+def test_evaluate_batch_nsd_and_hd95_match_the_functions():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=(3, 9, 7))
+  pred = np.where(rng.random(labels.shape) < 0.3, rng.integers(0, 3, labels.shape), labels)
+  labels[0, :2] = 255
+  kw = dict(num_classes=3, ignore_index=255, spacing=(0.7, 1.3))
+  out = metrics.evaluate_batch(pred, labels, nsd_tolerance=1.5, **kw)
+  np.testing.assert_array_equal(out["hd95"], metrics.hd95(pred, labels, **kw))
+  np.testing.assert_array_equal(
+    out["nsd"], metrics.normalized_surface_dice(pred, labels, tolerance=1.5, **kw)
+  )
+  default = metrics.evaluate_batch(pred, labels, **kw)["nsd"]
+  np.testing.assert_array_equal(
+    default, metrics.normalized_surface_dice(pred, labels, tolerance=1.0, **kw)
+  )
+  assert np.all((out["nsd"] >= 0) & (out["nsd"] <= 1))
+
+
+def test_per_image_spacing_equals_one_image_at_a_time():
+  labels = np.zeros((3, 16, 12), int)
+  labels[:, 4:10, 3:8] = 1
+  pred = np.roll(labels, 2, axis=2)
+  pred[2] = 0  # an empty prediction: its HD95 is this image's own diagonal
+  labels[1, 12, 10] = 2
+  pred[1, 13, 9] = 2
+  spacing = np.array([[0.5, 2.0], [1.0, 1.0], [3.0, 0.25]])
+  kw = dict(num_classes=3, nsd_tolerance=1.0)
+  together = metrics.evaluate_batch(pred, labels, spacing=spacing, **kw)
+  for b in range(3):
+    alone = metrics.evaluate_batch(pred[b : b + 1], labels[b : b + 1], spacing=spacing[b], **kw)
+    for key in ("hd95", "nsd", "dice"):
+      np.testing.assert_array_equal(together[key][b], alone[key][0], err_msg=f"{key} image {b}")
+  # The spacings differ enough to change the answers (the test would not see a mix-up).
+  assert len({float(v) for v in together["hd95"][:, 1]}) == 3
+  assert together["hd95"][2, 1] == pytest.approx(math.hypot(15 * 3.0, 11 * 0.25))
+  np.testing.assert_array_equal(
+    metrics.hd95(pred, labels, num_classes=3, spacing=spacing), together["hd95"]
+  )
+  np.testing.assert_array_equal(
+    metrics.normalized_surface_dice(pred, labels, num_classes=3, tolerance=1.0, spacing=spacing),
+    together["nsd"],
+  )
+  # One row per image, the same row for all: as one spacing for the batch.
+  same = metrics.hd95(pred, labels, num_classes=3, spacing=np.tile([0.5, 2.0], (3, 1)))
+  np.testing.assert_array_equal(same, metrics.hd95(pred, labels, num_classes=3, spacing=(0.5, 2)))
+
+
+@pytest.mark.parametrize(
+  "spacing, message",
+  [
+    (np.ones((2, 2)), r"\(3, 2\).*\(2, 2\)"),  # rows for 2 images, batch of 3
+    (np.ones((3, 3)), r"\(3, 2\).*\(3, 3\)"),  # 3 axes for 2-D images
+    ((1.0, 2.0, 3.0), r"\(3,\)"),
+    (np.array([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]), "positive"),
+    (np.array([[1.0, 1.0], [1.0, np.nan], [1.0, 1.0]]), "finite"),
+  ],
+)
+def test_bad_spacing_raises(spacing, message):
+  masks = np.zeros((3, 4, 4), int)
+  for fn in (metrics.evaluate_batch, metrics.hd95):
+    with pytest.raises(ValueError, match=message):
+      fn(masks, masks, num_classes=2, spacing=spacing)
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, math.inf, math.nan])
+def test_bad_tolerance_raises(tolerance):
+  masks = np.zeros((1, 4, 4), int)
+  with pytest.raises(ValueError, match="tolerance"):
+    metrics.normalized_surface_dice(masks, masks, num_classes=2, tolerance=tolerance)
+  with pytest.raises(ValueError, match="tolerance"):
+    metrics.evaluate_batch(masks, masks, num_classes=2, nsd_tolerance=tolerance)
+
+
+def test_summarize_averages_nsd_over_present_images():
+  base = square(8, 8, 12)[0]
+  labels = np.stack([base, np.zeros_like(base), base])
+  pred = np.stack([np.roll(base, 1, axis=1), base, base])  # NSD 1/2, (absent, FP), 1
+  result = metrics.evaluate_batch(pred, labels, num_classes=2, nsd_tolerance=0.0)
+  np.testing.assert_allclose(result["nsd"][:, 1], [0.5, 0.0, 1.0])
+  summary = metrics.summarize(result)
+  assert summary["per_class"][1]["nsd"] == pytest.approx(0.75)  # image 1 left out
+  assert summary["nsd"] == pytest.approx(0.75)
+  never = metrics.summarize(metrics.evaluate_batch(pred[1:2], labels[1:2], num_classes=2))
+  assert never["per_class"][1]["nsd"] is None
+  # Results without "nsd" (kept before it existed) still summarize, without it.
+  older = {key: value for key, value in result.items() if key != "nsd"}
+  summary_older = metrics.summarize(older)
+  assert "nsd" not in summary_older and "nsd" not in summary_older["per_class"][1]
+  assert summary_older["dice"] == summary["dice"]
+  mixed = metrics.summarize([result, older])
+  assert "nsd" not in mixed
+
+
+# ---------------------------------------------------------------------------------------------
 # Region proportions
 
 
@@ -391,6 +583,7 @@ def test_random_masks_are_finite_bounded_and_consistent(seed, num_classes):
   for name in ("dice", "iou", "precision", "recall"):
     assert np.all((out[name] >= 0) & (out[name] <= 1)), name
   assert np.all(np.isfinite(out["hd95"])) and np.all(out["hd95"] >= 0)
+  assert np.all((out["nsd"] >= 0) & (out["nsd"] <= 1))
   # Dice and IoU are monotone transforms of each other: D = 2J / (1 + J).
   np.testing.assert_allclose(out["dice"], 2 * out["iou"] / (1 + out["iou"]))
   # Counts partition the valid pixels.
@@ -405,3 +598,11 @@ def test_random_masks_are_finite_bounded_and_consistent(seed, num_classes):
     ignore_index=-1,
   )
   np.testing.assert_allclose(swapped, out["hd95"])
+  swapped_nsd = metrics.normalized_surface_dice(
+    np.where(labels == -1, pred, labels),
+    np.where(labels == -1, -1, pred),
+    num_classes=num_classes,
+    ignore_index=-1,
+    tolerance=1.0,
+  )
+  np.testing.assert_allclose(swapped_nsd, out["nsd"])
