@@ -424,6 +424,11 @@ class PostprocessingSearch:
       labels: true class per pixel, same shape; may hold ``ignore_index``.
       spacing: this image's pixel size, one number or one per spatial axis.
     """
+    self.add_stats(self.image_stats(pred, labels, spacing=spacing))
+
+  def image_stats(self, pred, labels, *, spacing=None) -> dict[int, ComponentStats]:
+    """What :meth:`add` records of one image, ``{class id: ComponentStats}``, without
+    recording it: processes that each saw some images send these to one search."""
     pred, labels = _check_mask(pred, "pred"), _check_mask(labels, "labels")
     if pred.shape != labels.shape:
       raise ValueError(
@@ -442,10 +447,19 @@ class PostprocessingSearch:
           + "."
         )
     volume = _voxel_volume(spacing, pred.ndim)
-    for k, stats in self._stats.items():
-      stats.append(
-        ComponentStats.from_masks(pred == k, (labels == k) & valid, valid, voxel_volume=volume)
+    return {
+      k: ComponentStats.from_masks(pred == k, (labels == k) & valid, valid, voxel_volume=volume)
+      for k in self._stats
+    }
+
+  def add_stats(self, stats: Mapping[int, ComponentStats]) -> None:
+    """Records one image from its :meth:`image_stats` (one entry per foreground class)."""
+    if set(stats) != set(self._stats):
+      raise ValueError(
+        f"stats must hold the foreground classes {sorted(self._stats)}; got {sorted(stats)}."
       )
+    for k, image in stats.items():
+      self._stats[k].append(image)
     self.num_images += 1
 
   def _check_class(self, class_id: int) -> list[ComponentStats]:

@@ -1,9 +1,10 @@
-"""What the training loop counts between host syncs: the step metrics of a log interval and
-the steps whose loss or gradient was not finite.
+"""What the training loop counts between host syncs: the step metrics of a log interval,
+the steps whose loss or gradient was not finite, and the validations since the last
+improvement (early stopping).
 
-Both are saved in each checkpoint (:meth:`state` and ``from_state``), so that a run stopped
-in the middle of a log interval (a preemption) and resumed writes the same records as one
-that never stopped.
+All three are saved in each checkpoint (:meth:`state` and ``from_state``), so that a run
+stopped in the middle of a log interval (a preemption) and resumed writes the same records,
+and stops at the same step, as one that never stopped.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class StepMeans:
   def restart_clock(self) -> None:
     """Time spent from here on counts as training; evaluation and saving do not."""
     self.clock = time.perf_counter()
+
+  def exclude(self, seconds: float) -> None:
+    """``seconds`` spent since the clock started (an evaluation) do not count as training."""
+    self.clock += seconds
 
   def record(self, batch_size: int) -> dict:
     """``{metric: mean over the interval, "images_per_s": ...}``; starts a new interval."""
@@ -90,3 +95,45 @@ class NonfiniteSteps:
   @classmethod
   def from_state(cls, state: dict, *, limit: int) -> NonfiniteSteps:
     return cls(limit, consecutive=state["consecutive"], skipped=state["skipped"])
+
+
+class EarlyStopping:
+  """Stops training after ``patience`` consecutive validations without an improvement.
+
+  An improvement is a validation Dice above the best so far by more than ``min_delta`` (the
+  first Dice always is one). A Dice of ``None`` (no validation image holds a class) never
+  is. ``patience`` 0 never stops. The state is saved in each checkpoint, so that a resumed
+  run stops at the step an uninterrupted one does.
+  """
+
+  def __init__(
+    self,
+    patience: int,
+    min_delta: float = 0.0,
+    *,
+    best: float | None = None,
+    since_best: int = 0,
+  ):
+    self.patience = patience
+    self.min_delta = min_delta
+    self.best = best  # the Dice of the last improvement
+    self.since_best = since_best  # validations since then
+
+  @property
+  def stopped(self) -> bool:
+    return self.patience > 0 and self.since_best >= self.patience
+
+  def update(self, dice: float | None) -> bool:
+    """Counts one validation's Dice; returns whether training should stop after it."""
+    if dice is not None and (self.best is None or dice > self.best + self.min_delta):
+      self.best, self.since_best = float(dice), 0
+    else:
+      self.since_best += 1
+    return self.stopped
+
+  def state(self) -> dict:
+    return {"best": self.best, "since_best": self.since_best}
+
+  @classmethod
+  def from_state(cls, state: dict, *, patience: int, min_delta: float) -> EarlyStopping:
+    return cls(patience, min_delta, best=state["best"], since_best=state["since_best"])

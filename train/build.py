@@ -91,9 +91,33 @@ def data_options(config: ml_collections.ConfigDict) -> dict:
     if name == "volumes":
       options["spacing"] = tuple(cfg.spacing) if cfg.spacing else None
       options["intensity_range"] = tuple(cfg.intensity_range) if cfg.intensity_range else None
+  elif name == "nnunet":
+    options.update(nnunet_options(config))
   elif name == "oxford_iiit_pet":
     options["border"] = cfg.border
     options["image_size"] = None if native(config) else tuple(cfg.image_size)
+  return options
+
+
+def nnunet_options(config: ml_collections.ConfigDict) -> dict:
+  """``load_nnunet`` options: the dataset folder, the grid; classes come from dataset.json
+  (``data.num_classes`` / ``class_names`` passed on when set, to be checked against it)."""
+  cfg = config.data
+  if not cfg.dir:
+    raise ValueError(
+      "config.data.dir is required for data.name='nnunet': the dataset folder holding "
+      "dataset.json, imagesTr/ and labelsTr/ (nnU-Net's raw layout, e.g. Dataset001_X)."
+    )
+  options = {
+    "root": cfg.dir,
+    "size": None if native(config) else tuple(cfg.image_size),
+    "spacing": tuple(cfg.spacing) if cfg.spacing else None,
+    "intensity_range": tuple(cfg.intensity_range) if cfg.intensity_range else None,
+  }
+  if cfg.num_classes is not None:
+    options["num_classes"] = cfg.num_classes
+  if cfg.class_names:
+    options["class_names"] = tuple(str(n) for n in cfg.class_names)
   return options
 
 

@@ -14,7 +14,9 @@ goes on from there.
 Writes ``DIR/report.json``, ``DIR/report.md`` and the figures in ``DIR/figures/``: means and
 standard deviations over seeds, and every loss paired against ``ce`` on the same test
 images (:mod:`train.statistics`: bootstrap interval over images, Wilcoxon signed-rank
-p-value, Holm-adjusted over the losses), overall and per class.
+p-value, Holm-adjusted over the losses), overall and per class, and the steps each run
+trained: all of ``base.train.steps``, or fewer with early stopping (``base.train.patience``;
+``train/configs/compare_convergence.py`` trains every run to convergence that way).
 """
 
 from __future__ import annotations
@@ -137,13 +139,34 @@ def _slug(text: str) -> str:
   return re.sub(r"[^\w+.=-]+", "_", text).strip("_")
 
 
-def _read_run(workdir: str) -> dict:
+TRAINING_KEYS = ("steps_trained", "best_step", "stopped_early")
+
+
+def _read_summary(workdir: str) -> dict:
   with open(os.path.join(workdir, loop.SUMMARY_FILE)) as f:
-    summary = json.load(f)["test"]
+    return json.load(f)
+
+
+def _training(workdir: str, finished: dict) -> dict:
+  """``{steps_trained, best_step, stopped_early}`` of a finished run's ``summary.json``.
+
+  Summaries written before early stopping lack them: those runs trained all their steps.
+  """
+  if all(key in finished for key in TRAINING_KEYS):
+    return {key: finished[key] for key in TRAINING_KEYS}
+  with open(os.path.join(workdir, loop.CONFIG_FILE)) as f:
+    steps = json.load(f)["train"]["steps"]
+  result = finished.get("test") or finished["validation"]
+  return {"steps_trained": steps, "best_step": result["checkpoint_step"], "stopped_early": False}
+
+
+def _read_run(workdir: str) -> dict:
+  finished = _read_summary(workdir)
   per_image = dict(np.load(os.path.join(workdir, loop.PER_IMAGE_FILE)))
   return {
     "workdir": workdir,
-    "summary": summary,
+    "summary": finished["test"],
+    "training": _training(workdir, finished),
     "per_image": per_image,
     "records": reporting.read_metrics(workdir),
   }
@@ -151,7 +174,8 @@ def _read_run(workdir: str) -> dict:
 
 def tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every grid point of every tunable loss on the validation split; returns
-  ``{spec: {"grid": [{weight, temperature, val_dice, workdir}], "chosen": setting}}``.
+  ``{spec: {"grid": [{weight, temperature, val_dice, steps_trained, best_step,
+  stopped_early, workdir}], "chosen": setting}}``.
 
   The runs set ``train.evaluate_test = False``: tuning never opens the test split.
   """
@@ -169,7 +193,8 @@ def tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
       logging.info("study: tuning %s %s -> %s", spec, setting, run_dir)
       validation = loop.train_and_evaluate(run, run_dir)
-      points.append({**setting, "val_dice": validation.get("dice"), "workdir": run_dir})
+      training = _training(run_dir, _read_summary(run_dir))
+      points.append({**setting, "val_dice": validation.get("dice"), **training, "workdir": run_dir})
     # Highest validation Dice; a point with no score loses; ties keep the grid's order.
     best = max(points, key=lambda p: -np.inf if p["val_dice"] is None else p["val_dice"])
     tuned[spec] = {
@@ -179,28 +204,36 @@ def tune(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return tuned
 
 
+def _mean_std(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None
+  return float(np.mean(values)), float(np.std(values))
+
+
 def aggregate(runs: list[dict]) -> dict:
   """Mean and standard deviation over seeds of each summary metric, per class too (seeds
-  whose value is undefined, e.g. a class absent from the test split, are left out)."""
-
-  def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-      return None, None
-    return float(np.mean(values)), float(np.std(values))
-
+  whose value is undefined, e.g. a class absent from the test split, are left out), and of
+  the steps trained and the step of the checkpoint tested."""
   out = {}
   for key in METRICS:
-    out[key], out[f"{key}_std"] = mean_std([r["summary"].get(key) for r in runs])
+    out[key], out[f"{key}_std"] = _mean_std([r["summary"].get(key) for r in runs])
+  for key in ("steps_trained", "best_step"):
+    out[key], out[f"{key}_std"] = _mean_std([r["training"][key] for r in runs])
   classes = runs[0]["summary"]["per_class"]
   out["per_class"] = {
     name: {
-      key: mean_std([r["summary"]["per_class"][name].get(key) for r in runs])[0] for key in METRICS
+      key: _mean_std([r["summary"]["per_class"][name].get(key) for r in runs])[0] for key in METRICS
     }
     for name in classes
   }
   out["runs"] = [
-    {"workdir": r["workdir"], "seed": seed, **{key: r["summary"].get(key) for key in METRICS}}
+    {
+      "workdir": r["workdir"],
+      "seed": seed,
+      **{key: r["summary"].get(key) for key in METRICS},
+      **r["training"],
+    }
     for seed, r in enumerate(runs)
   ]
   return out
@@ -275,12 +308,49 @@ def _verdict(comparison: dict, p_key: str = "p_value") -> str:
   return "not significant"
 
 
+def _steps_cell(row: dict) -> str:
+  """``"best / trained"``, means over seeds (± std where the seeds differ)."""
+
+  def text(key):
+    if row.get(key) is None:
+      return "-"
+    spread = row.get(f"{key}_std") or 0
+    return f"{row[key]:.0f}" + (f" ± {spread:.0f}" if spread else "")
+
+  return f"{text('best_step')} / {text('steps_trained')}"
+
+
+def _budget_sentence(report: dict, config: ml_collections.ConfigDict) -> str:
+  """Whether the runs stopped early (patience) or trained the whole budget."""
+  train = config.base.train
+  if not train.get("patience", 0):
+    return (
+      f"No early stopping (train.patience=0): every run trained all {train.steps} steps; "
+      "the checkpoint tested is the one with the best validation Dice."
+    )
+  runs = [run for row in report["losses"].values() for run in row["runs"]]
+  stopped = sum(bool(run.get("stopped_early")) for run in runs)
+  return (
+    f"Early stopping: a run ended after {train.patience} validations in a row (every "
+    f"{train.eval_every} steps) without a validation Dice gain above {train.min_delta:g}, or "
+    f"at {train.steps} steps; {stopped} of {len(runs)} test runs stopped early, "
+    f"{len(runs) - stopped} used the full budget. The learning-rate schedule "
+    f"({config.base.optimizer.schedule}) runs over the {train.steps}-step maximum."
+  )
+
+
 def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
   base, losses = config.base, list(report["losses"])
+  patience = base.train.get("patience", 0)
+  budget = (
+    f"at most {base.train.steps} steps (early stopping, patience {patience})"
+    if patience
+    else f"{base.train.steps} steps"
+  )
   lines = [
     f"# Region-size bias study: {base.data.name}",
     "",
-    f"{config.seeds} seed(s) per loss, {base.train.steps} steps, batch "
+    f"{config.seeds} seed(s) per loss, {budget}, batch "
     f"{base.train.batch_size}, U-Net depth {base.model.depth} / {base.model.features} "
     "features. Test split; Dice, IoU and HD95 are means over the images that hold a "
     "class (MONAI `ignore_empty`, nnU-Net), then over the foreground classes; mean ± "
@@ -296,8 +366,8 @@ def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
       "for the region terms (the authors' published CE+L1 setting is weight 1.0, "
       "temperature 10). Validation Dice per setting; the chosen one in bold.",
       "",
-      "| loss | weight | temperature | validation Dice |",
-      "|---|---|---|---|",
+      "| loss | weight | temperature | validation Dice | steps (best / trained) |",
+      "|---|---|---|---|---|",
     ]
     for label, tuned in report["tuning"].items():
       for point in tuned["grid"]:
@@ -305,7 +375,12 @@ def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
           tuned["chosen"]["weight"],
           tuned["chosen"]["temperature"],
         )
-        cells = [str(point["weight"]), str(point["temperature"] or "-"), _format(point["val_dice"])]
+        cells = [
+          str(point["weight"]),
+          str(point["temperature"] or "-"),
+          _format(point["val_dice"]),
+          _steps_cell(point),
+        ]
         if chosen:
           cells = [f"**{c}**" for c in cells]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -313,8 +388,8 @@ def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
   lines += [
     "## Test metrics",
     "",
-    "| loss | setting | " + " | ".join(METRICS) + " |",
-    "|---" * (len(METRICS) + 2) + "|",
+    "| loss | setting | " + " | ".join(METRICS) + " | steps (best / trained) |",
+    "|---" * (len(METRICS) + 3) + "|",
   ]
   best = {}
   for key in METRICS:
@@ -330,9 +405,11 @@ def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
       cells.append(f"**{text}**" if row[key] is not None and row[key] == best[key] else text)
     setting = row.get("setting")
     setting_text = f"w={setting['weight']}, T={setting['temperature'] or '-'}" if setting else "-"
-    lines.append(f"| {label} | {setting_text} | " + " | ".join(cells) + " |")
+    lines.append(f"| {label} | {setting_text} | " + " | ".join(cells) + f" | {_steps_cell(row)} |")
   classes = list(report["losses"][losses[0]]["per_class"])
   lines += [
+    "",
+    _budget_sentence(report, config),
     "",
     "Dice per class (images holding the class; mean over seeds):",
     "",

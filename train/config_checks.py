@@ -15,9 +15,9 @@ import numpy as np
 
 from regionloss_jax import data as rl_data
 from regionloss_jax import inference, losses
-from regionloss_jax.data import oxford_pet
+from regionloss_jax.data import nnunet, oxford_pet
 from regionloss_jax.models import unet
-from train import build
+from train import build, memory
 from train.configs import base
 from train.user_errors import ConfigError
 
@@ -112,6 +112,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _choice("loss.mode", config.loss.mode, MODES)
   _choice("model.spatial_dims", config.model.spatial_dims, (2, 3))
   _check_train(config)
+  _check_folds(config)
+  _check_early_stopping(config)
   _check_optimizer(config)
   _check_model(config)
   if config.loss.name not in losses.loss_names():
@@ -137,8 +139,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         config, ignore_index=rl_data.IGNORE_INDEX if ignore_index is None else ignore_index
       ),
     )
+  _check_nnunet(config)  # its dataset.json says whether it is 2-D or 3-D
   volumetric = config.data.name == "volumes"
-  if volumetric != (config.model.spatial_dims == 3):
+  if config.data.name != "nnunet" and volumetric != (config.model.spatial_dims == 3):
     raise ConfigError(
       f"config.model.spatial_dims={config.model.spatial_dims} does not fit "
       f"data.name={config.data.name!r} ({3 if volumetric else 2}-D data)."
@@ -167,6 +170,31 @@ def _check_train(config: ml_collections.ConfigDict) -> None:
   _integer("train.seed", config.train.seed, 0, SEED_LIMIT)
   _integer("train.num_overlays", config.train.num_overlays, 0)
   _positive("data.num_threads", config.data.num_threads)
+
+
+def _check_early_stopping(config: ml_collections.ConfigDict) -> None:
+  # Configs of runs written before early stopping (train.evaluate reads them) have neither.
+  train = config.train
+  _integer("train.patience", train.get("patience", 0), 0, STEP_LIMIT)
+  # A Dice lies in [0, 1]: nothing improves on the first by 1 or more.
+  _unit("train.min_delta", train.get("min_delta", 0.0), open_top=True)
+
+
+def _check_folds(config: ml_collections.ConfigDict) -> None:
+  """Cross-validation fields; configs of runs written before them (train.evaluate reads
+  them) have none: no cross-validation."""
+  num_folds = config.train.get("num_folds", 5)
+  fold = config.train.get("fold")
+  splits_file = config.data.get("splits_file", "")
+  # One fold would train on nothing: every case is its validation.
+  _integer("train.num_folds", num_folds, 2)
+  if fold is not None:
+    _integer("train.fold", fold, 0, num_folds)
+  if not isinstance(splits_file, str):
+    raise ConfigError(
+      f"config.data.splits_file={splits_file!r} must be a path, or '' for the dataset's "
+      "default (data.dir/splits_final.json, else the cache)."
+    )
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:
@@ -257,6 +285,52 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_nnunet(config: ml_collections.ConfigDict) -> None:
+  """An nnU-Net dataset's dataset.json gives its classes and, by its file_ending, whether it
+  is 2-D or 3-D: the config must agree. A dataset.json that cannot be read is left to the
+  loader, which reports it with the dataset's other problems (and a finished run predicts
+  without its dataset)."""
+  data = config.data
+  if data.name != "nnunet":
+    return
+  if data.value_map:
+    raise ConfigError(
+      "config.data.value_map is for folder / volumes datasets; an nnU-Net dataset's label "
+      "values are its dataset.json's 'labels'."
+    )
+  if not data.dir:
+    return  # build.data_options names the missing field
+  try:
+    meta = nnunet.read_dataset_json(data.dir)
+  except rl_data.DataError:
+    return
+  where = f"{data.dir}/{nnunet.DATASET_JSON}"
+  dims = meta.spatial_dims
+  if config.model.spatial_dims != dims:
+    raise ConfigError(
+      f"config.model.spatial_dims={config.model.spatial_dims} does not fit {where}: its "
+      f"file_ending {meta.file_ending!r} is {dims}-D data; set "
+      f"--config.model.spatial_dims={dims} and a {dims}-D data.patch_size."
+    )
+  if data.num_classes is not None and data.num_classes != len(meta.class_names):
+    raise ConfigError(
+      f"config.data.num_classes={data.num_classes} but {where} declares "
+      f"{len(meta.class_names)} classes {list(meta.class_names)}; leave data.num_classes "
+      "unset (dataset.json gives it) or make them agree."
+    )
+  if data.class_names is not None and tuple(data.class_names) != meta.class_names:
+    raise ConfigError(
+      f"config.data.class_names={tuple(data.class_names)} but {where} declares "
+      f"{meta.class_names}; leave data.class_names unset (dataset.json gives them) or make "
+      "them agree."
+    )
+  for field in ("spacing", "intensity_range"):
+    if data[field] and dims == 2:
+      raise ConfigError(
+        f"config.data.{field} is for 3-D data; {where} declares 2-D images ({meta.file_ending})."
+      )
+
+
 def _check_value_map(value_map: dict | None, num_classes: int | None) -> None:
   """Raw values are what a mask file holds (up to 16 bits); class ids are uint8 labels."""
   for raw, cls in (value_map or {}).items():
@@ -342,9 +416,10 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
   _unit("data.foreground_fraction", data.foreground_fraction, open_top=False)
   for field in ("spacing", "intensity_range"):
     value = data[field]
-    if value and data.name != "volumes":
+    if value and data.name not in ("volumes", "nnunet"):
       raise ConfigError(
-        f"config.data.{field} is for 3-D volumes (data.name='volumes'), not {data.name!r}."
+        f"config.data.{field} is for 3-D volumes (data.name='volumes' or 'nnunet'), not "
+        f"{data.name!r}."
       )
   if data.spacing and (
     len(data.spacing) != 3 or not all(_finite(s) and s > 0 for s in data.spacing)
@@ -360,6 +435,8 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
     )
   _unit("inference.overlap", config.inference.overlap, open_top=True)
   _choice("inference.blend", config.inference.blend, inference.BLENDS)
+  # Configs of runs written before NSD have no tolerance (train.evaluate reads them).
+  _above("inference.nsd_tolerance", config.inference.get("nsd_tolerance", 1.0), 0)
 
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:
@@ -423,4 +500,55 @@ def check_ignore_index(config: ml_collections.ConfigDict, dataset_ignore_index: 
       f"data.name={config.data.name!r}, {dataset_ignore_index}: the loss would "
       "count pixels the metrics leave out (or the reverse). Leave "
       "loss.ignore_index unset; the dataset's value is used for both."
+    )
+
+
+def check_memory(
+  config: ml_collections.ConfigDict,
+  *,
+  shape,
+  in_channels: int,
+  num_classes: int,
+  device_count: int,
+  device,
+) -> None:
+  """The train step's estimated memory (:mod:`train.memory`, an upper bound) against what
+  one ``device`` holds, before anything is allocated: a huge ``train.batch_size`` or a plan
+  made for a larger device stops with one line instead of exhausting memory.
+
+  ``shape``: the spatial size of a training example (the patch, else the working size);
+  ``None`` (whole images of their own sizes) is not checked.
+  """
+  if not shape:
+    return
+  per_device = -(-config.train.batch_size // max(device_count, 1))
+  estimate = memory.step_memory(
+    patch=tuple(shape),
+    batch_size=per_device,
+    depth=config.model.depth,
+    features=config.model.features,
+    max_features=config.model.max_features,
+    in_channels=in_channels,
+    num_classes=num_classes,
+    pooling=config.model.get("pooling") or None,
+  )
+  activations = estimate.activations // (2 if config.precision == "bfloat16" else 1)
+  parameters = estimate.parameters // (device_count if config.parallel.shard_params else 1)
+  needed = activations + parameters + estimate.batch
+  limit, where = memory.device_memory(device)
+  if needed > limit:
+    # Say which part is too large: the batch's activations, or the model itself.
+    lower = (
+      "lower train.batch_size or data.patch_size"
+      if activations >= parameters
+      else "lower model.features or model.max_features"
+    )
+    raise ConfigError(
+      f"config.train.batch_size={config.train.batch_size} ({per_device} per device) of "
+      f"{'x'.join(map(str, shape))} examples with model.features={config.model.features}, "
+      f"model.depth={config.model.depth} needs about {memory.gib(needed)} per device for "
+      f"the train step ({memory.gib(activations)} activations, {memory.gib(parameters)} "
+      f"parameters, gradients and optimiser state; train/memory.py's estimate), more than "
+      f"the {memory.gib(limit)} of {where}: {lower}, or plan for this device with python "
+      "-m train.plan."
     )

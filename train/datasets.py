@@ -6,14 +6,23 @@ import jax
 import ml_collections
 
 from regionloss_jax import data as rl_data
-from train import build
+from train import build, folds
 
 # Datasets without a validation split carve one from train (the same slice on every run).
 _CARVED = {"oxford_iiit_pet": {"train": "train[:90%]", "validation": "train[90%:]"}}
 
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> rl_data.SegmentationData:
-  """``split`` (``train``, ``validation`` or ``test``) of ``config.data``."""
+  """``split`` (``train``, ``validation`` or ``test``) of ``config.data``; with
+  ``train.fold`` set, ``train`` and ``validation`` are that fold's cases of the pool of both
+  (:mod:`train.folds`), ``test`` the dataset's own."""
+  if folds.fold_of(config) is not None and split in folds.POOL_SPLITS:
+    return folds.open_fold(config, split, lambda part: open_prepared(config, part))
+  return open_prepared(config, split)
+
+
+def open_prepared(config: ml_collections.ConfigDict, split: str) -> rl_data.SegmentationData:
+  """``split`` of ``config.data`` as the dataset prepared it, whatever ``train.fold``."""
   name = config.data.name
   split = _CARVED.get(name, {}).get(split, split)
   return rl_data.load(name, split=split, **build.data_options(config))

@@ -4,7 +4,9 @@ Evaluates a trained run's checkpoint on a labelled split with the run's own conf
 inference path of training (whole images through sliding windows), prints the metrics,
 writes ``OUT/summary.json`` and one predicted mask per image, named by the image's file
 stem and at the file's own size: PNG (class ids as pixel values) for 2-D data, NIfTI with
-the file's affine for volumes. OUT defaults to ``DIR/predictions/<split>``.
+the file's affine for volumes. OUT defaults to ``DIR/predictions/<split>``. The masks are
+as predicted; when the run chose a post-processing on validation (``postprocessing.json``),
+the summary also holds every metric after it (``"postprocessed"``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from train import (
   datasets,
   optim,
   outputs,
+  postprocess,
   predictor,
   run_log,
   runs,
@@ -85,6 +88,10 @@ def evaluate_checkpoint(
     class_names=data.class_names,
     ignore_index=data.ignore_index,
     on_image=mask_writer(run, out),
+    preprocessing=data.preprocessing,
+    nsd_tolerance=run.config.inference.get("nsd_tolerance", 1.0),
+    # The run's post-processing, when it chose one: the metrics after it too.
+    postprocessing=postprocess.read(workdir),
   )
   summary = {**result["summary"], "checkpoint_step": run.step, "split": split}
   with open(os.path.join(out, "summary.json"), "w") as f:

@@ -71,7 +71,8 @@ def _display_image(image: np.ndarray) -> np.ndarray:
     image = image[image.shape[0] // 2]
   low, high = np.percentile(image, [1, 99])
   image = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
-  return image[..., 0] if image.shape[-1] == 1 else image[..., :3]
+  # Three channels show as colour; any other count (nnU-Net's T2 + ADC, ...) as the first.
+  return image if image.shape[-1] == 3 else image[..., 0]
 
 
 def _display_mask(mask: np.ndarray) -> np.ndarray:

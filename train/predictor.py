@@ -13,6 +13,8 @@ need not run in lockstep: evaluation and prediction split the images among proce
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.nnx as nnx
 import jax
 import ml_collections
@@ -102,3 +104,14 @@ class Predictor:
 
   def probabilities(self, logits: np.ndarray) -> np.ndarray:
     return probabilities(logits, binary=self.binary)
+
+
+def mean_probabilities(models: Sequence[Predictor], images: np.ndarray) -> np.ndarray:
+  """The mean of ``models``' class probabilities ``(B, *spatial, K)`` for normalised images
+  ``(B, *spatial, C)``: an ensemble, averaged as nnU-Net averages its folds' softmax outputs
+  (one model gives its own probabilities unchanged)."""
+  total = None
+  for model in models:
+    probs = model.probabilities(model.logits(images))
+    total = probs if total is None else total + probs
+  return total / np.float32(len(models))

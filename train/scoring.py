@@ -22,6 +22,8 @@ import numpy as np
 from absl import logging
 
 from regionloss_jax import losses, metrics
+from regionloss_jax.data import preprocess
+from regionloss_jax.postprocessing import Postprocessing
 from train import build, parallel
 from train.predictor import Predictor
 
@@ -35,6 +37,7 @@ PER_IMAGE_KEYS = (
   "precision",
   "recall",
   "hd95",
+  "nsd",
   "gt_proportion",
   "pred_proportion",
   "proportion_abs_error",
@@ -43,10 +46,13 @@ PER_IMAGE_KEYS = (
   "proportion_abs_error_soft",
   "proportion_bias_soft",
 )
+# Post-processing changes the mask, not the probabilities: no soft proportions after it.
+POSTPROCESSED_KEYS = tuple(k for k in PER_IMAGE_KEYS if not k.endswith("_soft"))
 SAVED_PER_IMAGE = (
   "dice",
   "iou",
   "hd95",
+  "nsd",
   "gt_proportion",
   "pred_proportion",
   "pred_proportion_soft",
@@ -119,6 +125,16 @@ def _same_size_groups(examples: Iterable[dict], size: int):
       yield group[first : first + size]
 
 
+def _spacings(group: list[dict], prep) -> np.ndarray | None:
+  """``(B, spatial_dims)`` pixel sizes in mm of a group's working grids; ``None`` (pixels)
+  when an image has no spacing (2-D files)."""
+  spacings = [
+    preprocess.grid_spacing(prep, ex.get("original_shape", ex["label"].shape), ex.get("spacing"))
+    for ex in group
+  ]
+  return None if any(s is None for s in spacings) else np.asarray(spacings, np.float64)
+
+
 def evaluate_split(
   predictor: Predictor,
   score_fn: Callable,
@@ -129,6 +145,9 @@ def evaluate_split(
   ignore_index: int,
   keep: int = 0,
   on_image: Callable[[dict, np.ndarray], None] | None = None,
+  preprocessing: preprocess.Preprocessing | None = None,
+  nsd_tolerance: float = 1.0,
+  postprocessing: Postprocessing | None = None,
 ) -> dict:
   """Predicts and scores every example of this process's share of a split.
 
@@ -143,17 +162,26 @@ def evaluate_split(
     keep: how many ``(image, label, prediction)`` samples to return (the first ones).
     on_image: called with each example and its class probabilities ``(*spatial, K)`` as it
       is done, on the process that predicted it (``train.evaluate`` writes masks there).
+    preprocessing: the dataset's, to tell each image's pixel size on the working grid from
+      its file's spacing: HD95 and NSD are then in mm, else (2-D files) in pixels.
+    nsd_tolerance: the normalized surface Dice's tolerance, in the same unit.
+    postprocessing: when given and not the identity, every metric is computed again on the
+      post-processed masks (the probabilities are unchanged), as ``"postprocessed"``.
 
   Returns:
-    ``{"summary": metrics.summarize(...) plus "loss", each loss term and the decomposition
-    terms (means over images), "per_image": {metric: (N, C), "present": (N, C), "name":
-    (N,)} in split order, "samples", "calibration": (C, bins, 3) reliability histogram}``,
-    the same on every process.
+    ``{"summary": metrics.summarize(...) plus "loss", each loss term, the decomposition
+    terms (means over images), "distance_unit" ("mm" or "px") and, with post-processing,
+    "postprocessed" (the metrics after it), "per_image": {metric: (N, C), "present": (N,
+    C), "name": (N,)} in split order, "samples", "calibration": (C, bins, 3) reliability
+    histogram}``, the same on every process.
   """
+  if postprocessing is not None and postprocessing.is_identity:
+    postprocessing = None
   num_classes = len(class_names)
   rows, names, samples = [], [], []
   score_names = None
   window = predictor.window
+  in_pixels = False
   for group in _same_size_groups(examples, predictor.batch_size):
     images = np.stack([ex["image"] for ex in group])
     labels = np.stack([ex["label"] for ex in group])
@@ -167,13 +195,25 @@ def evaluate_split(
       score_fn(_padded(logits, bucket, 0.0), _padded(labels, bucket, ignore_index), weight)
     )
     score_names = score_names or sorted(scores)
-    result = metrics.evaluate_batch(
-      classes, labels, num_classes=num_classes, ignore_index=ignore_index, probs=probs
-    )
+    spacing = _spacings(group, preprocessing)
+    in_pixels |= spacing is None
+    boundary = dict(spacing=spacing, nsd_tolerance=nsd_tolerance)
+    common = dict(num_classes=num_classes, ignore_index=ignore_index, **boundary)
+    result = metrics.evaluate_batch(classes, labels, probs=probs, **common)
+    if postprocessing is not None:
+      cleaned = np.stack(
+        [
+          postprocessing.apply(c, spacing=None if spacing is None else spacing[i])
+          for i, c in enumerate(classes)
+        ]
+      )
+      after = metrics.evaluate_batch(cleaned, labels, **common)
     for i, example in enumerate(group):
       row = [float(example["index"])] + [float(scores[k][i]) for k in score_names]
       row += [float(v) for key in PER_IMAGE_KEYS for v in result[key][i]]
       row += result["calibration"][i].reshape(-1).tolist()
+      if postprocessing is not None:
+        row += [float(v) for key in POSTPROCESSED_KEYS for v in after[key][i]]
       rows.append(row)
       names.append(example["name"])
       if len(samples) < keep:
@@ -194,21 +234,32 @@ def evaluate_split(
     "process %d of %d: evaluated %d image(s)", jax.process_index(), jax.process_count(), len(rows)
   )
   metric_width = len(PER_IMAGE_KEYS) * num_classes
-  width = 1 + len(score_names) + metric_width + num_classes * BINS * 3
+  calibration_width = num_classes * BINS * 3
+  after_width = len(POSTPROCESSED_KEYS) * num_classes if postprocessing is not None else 0
+  width = 1 + len(score_names) + metric_width + calibration_width + after_width
   gathered, all_names = _gather_in_split_order(
     np.asarray(rows, np.float64).reshape(-1, width), names
   )
+  # Whether any process measured in pixels.
+  in_pixels = bool(parallel.gather_rows(np.asarray([[float(in_pixels)]])).max())
   score_values = dict(zip(score_names, gathered[:, 1 : 1 + len(score_names)].T, strict=True))
   first = 1 + len(score_names)
   per_class = gathered[:, first : first + metric_width].reshape(
     len(gathered), len(PER_IMAGE_KEYS), num_classes
   )
   per_image = {key: per_class[:, j] for j, key in enumerate(PER_IMAGE_KEYS)}
-  per_image["calibration"] = gathered[:, first + metric_width :].reshape(
+  after_first = first + metric_width + calibration_width
+  per_image["calibration"] = gathered[:, first + metric_width : after_first].reshape(
     len(gathered), num_classes, BINS, 3
   )
   summary = metrics.summarize(per_image, class_names=class_names)
   summary.update(_score_means(score_values))
+  summary["distance_unit"] = "px" if in_pixels else "mm"
+  if postprocessing is not None:
+    after = gathered[:, after_first:].reshape(len(gathered), len(POSTPROCESSED_KEYS), num_classes)
+    summary["postprocessed"] = metrics.summarize(
+      {key: after[:, j] for j, key in enumerate(POSTPROCESSED_KEYS)}, class_names=class_names
+    )
   saved = {k: per_image[k] for k in SAVED_PER_IMAGE}
   saved["present"] = (per_image["tp"] + per_image["fn"]) > 0
   saved["name"] = all_names

@@ -8,8 +8,9 @@ images or of patches (``patch_size``) at native resolution; ``eval_examples(data
 whole images one by one for evaluation.
 
 Datasets: ``imbalanced_shapes/binary`` and ``imbalanced_shapes/multiclass`` (procedural,
-embedded), ``folder`` (the user's images and masks), ``volumes`` (the user's 3-D volumes)
-and ``oxford_iiit_pet`` (downloaded by TFDS).
+embedded), ``folder`` (the user's images and masks), ``volumes`` (the user's 3-D volumes),
+``nnunet`` (nnU-Net's raw layout or the Medical Segmentation Decathlon's: several input
+channels, 2-D or 3-D) and ``oxford_iiit_pet`` (downloaded by TFDS).
 """
 
 # The training stack (TFDS, grain, PIL, nibabel, ...) is the `train` extra, not a dependency of
@@ -35,6 +36,7 @@ try:
     load_imbalanced_shapes,
     shapes_config,
   )
+  from regionloss_jax.data.nnunet import load_nnunet
   from regionloss_jax.data.oxford_pet import load_oxford_pet
   from regionloss_jax.data.pipeline import eval_examples, make_pipeline, restore_state, save_state
   from regionloss_jax.data.preprocess import Preprocessing
@@ -54,6 +56,7 @@ DATASETS = (
   "imbalanced_shapes/multiclass",
   "folder",
   "volumes",
+  "nnunet",
   "oxford_iiit_pet",
 )
 
@@ -62,8 +65,8 @@ def load(name: str, *, split: str = "train", **options) -> SegmentationData:
   """Open ``split`` of dataset ``name`` (one of ``DATASETS``), preparing it if needed.
 
   ``options`` go to the dataset's loader: :func:`load_imbalanced_shapes`,
-  :func:`load_folder` (``root``, ``num_classes``, ...), :func:`load_volumes` or
-  :func:`load_oxford_pet`.
+  :func:`load_folder` (``root``, ``num_classes``, ...), :func:`load_volumes`,
+  :func:`load_nnunet` or :func:`load_oxford_pet`.
   """
   if name.startswith("imbalanced_shapes"):
     task = name.partition("/")[2] or "binary"
@@ -72,6 +75,8 @@ def load(name: str, *, split: str = "train", **options) -> SegmentationData:
     return load_folder(split=split, **options)
   if name == "volumes":
     return load_volumes(split=split, **options)
+  if name == "nnunet":
+    return load_nnunet(split=split, **options)
   if name == "oxford_iiit_pet":
     return load_oxford_pet(split=split, **options)
   raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -93,6 +98,7 @@ __all__ = [
   "load",
   "load_folder",
   "load_imbalanced_shapes",
+  "load_nnunet",
   "load_oxford_pet",
   "load_volumes",
   "make_pipeline",

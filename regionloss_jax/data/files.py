@@ -106,12 +106,16 @@ class Volume:
   header: Any = None
 
 
-def read_volume(path) -> Volume:
+def read_volume(path, *, channels: bool = False) -> Volume:
   """A volume file (``.nii``, ``.nii.gz`` or ``.npy``) as a :class:`Volume`.
 
   NIfTI arrays, stored ``(x, y, z)``, are transposed to ``(D, H, W) = (z, y, x)``; ``.npy``
   arrays are taken as ``(D, H, W)`` with an identity affine (1 mm voxels). A trailing or
   leading axis of size 1 is dropped. Raises ``ValueError`` for other ranks.
+
+  ``channels``: return ``(D, H, W, C)`` instead, ``C`` from a 4-D NIfTI's fourth axis
+  (``(x, y, z, c)``, the Medical Segmentation Decathlon's multi-modal images) or a 4-D
+  ``.npy``'s last; a 3-D file gives ``C = 1``.
   """
   path = pathlib.Path(path)
   if path.name.lower().endswith(".npy"):
@@ -121,15 +125,29 @@ def read_volume(path) -> Volume:
 
     image = nibabel.load(str(path))
     array, affine, header = np.asarray(image.dataobj), np.asarray(image.affine), image.header
-    if array.ndim == 4 and array.shape[-1] == 1:
-      array = array[..., 0]
+    if array.ndim == 5 and array.shape[3] == 1:  # (x, y, z, time 1, c): NIfTI's vector data
+      array = array[:, :, :, 0]
+    if array.ndim == 4 and (channels or array.shape[-1] == 1):
+      array = np.moveaxis(array, -1, 0)  # channels first, so that .T puts them last
     array = array.T
-  if array.ndim == 4 and 1 in (array.shape[0], array.shape[-1]):
-    array = array.squeeze(0 if array.shape[0] == 1 else -1)
-  if array.ndim != 3:
-    raise ValueError(f"expected a 3-D volume, got shape {array.shape}")
+  if channels:
+    array = _channels_last(array)
+  else:
+    if array.ndim == 4 and 1 in (array.shape[0], array.shape[-1]):
+      array = array.squeeze(0 if array.shape[0] == 1 else -1)
+    if array.ndim != 3:
+      raise ValueError(f"expected a 3-D volume, got shape {array.shape}")
   # Columns of the affine's linear part are the voxel axes x, y, z; their lengths are the
   # voxel sizes, reversed into (D, H, W) = (z, y, x) order.
   sizes = np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
   spacing = tuple(float(s) if s > 0 else 1.0 for s in sizes[::-1])
   return Volume(array, np.asarray(affine, np.float64), spacing, header)
+
+
+def _channels_last(array: np.ndarray) -> np.ndarray:
+  """``(D, H, W)`` -> ``(D, H, W, 1)``; ``(D, H, W, C)`` as it is; other ranks refused."""
+  if array.ndim == 3:
+    return array[..., None]
+  if array.ndim != 4:
+    raise ValueError(f"expected a 3-D volume (D, H, W) or (D, H, W, C), got shape {array.shape}")
+  return array

@@ -166,22 +166,51 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     config = self.builder_config
     for image_path, mask_path in pairs:
       mask = pairing.apply_lookup(read_mask(mask_path), config.lookup)
-      image = preprocess.stored_input(config.preprocessing, read_image(image_path))
-      original_shape = np.asarray(mask.shape, np.int32)
-      if config.preprocessing.size is not None:
-        mask = preprocess.resize_mask(mask, config.preprocessing.size)
-      coords, classes = patches.class_locations(mask, len(config.class_names))
       yield (
         str(image_path),
-        {
-          "image": image,
-          "segmentation_mask": mask[..., None],
-          "file_name": pathlib.Path(image_path).name,
-          "original_shape": original_shape,
-          "locations": coords,
-          "location_classes": classes,
-        },
+        image_example(
+          config.preprocessing,
+          read_image(image_path),
+          mask,
+          file_name=pathlib.Path(image_path).name,
+          num_classes=len(config.class_names),
+        ),
       )
+
+
+def image_example(
+  prep: preprocess.Preprocessing,
+  image: np.ndarray,
+  mask: np.ndarray,
+  *,
+  file_name: str,
+  num_classes: int,
+) -> dict:
+  """The prepared example of one image.
+
+  Args:
+    prep: how the image is stored (channels, bit depth, size).
+    image: the file's ``(H, W, C)`` (as read; several channel files stacked).
+    mask: uint8 class ids ``(H, W)``.
+    file_name: the name its predictions and metrics go by.
+    num_classes: classes including background.
+
+  Returns:
+    The features of :class:`SegmentationFolder`.
+  """
+  stored = preprocess.stored_input(prep, image)
+  original_shape = np.asarray(mask.shape, np.int32)
+  if prep.size is not None:
+    mask = preprocess.resize_mask(mask, prep.size)
+  coords, classes = patches.class_locations(mask, num_classes)
+  return {
+    "image": stored,
+    "segmentation_mask": mask[..., None],
+    "file_name": file_name,
+    "original_shape": original_shape,
+    "locations": coords,
+    "location_classes": classes,
+  }
 
 
 def load_folder(

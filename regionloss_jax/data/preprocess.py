@@ -12,10 +12,14 @@ What the model sees:
   32-bit and float images are clipped to their own 0.5 and 99.5 percentiles and scaled to
   ``[0, 1]`` (kept as uint16 on disk, so nothing below 1/65535 is lost). Then each channel
   is normalised, ``(x - mean) / std``.
-* **Volumes** have one channel, clipped to ``intensity_range`` (e.g. a CT window in
-  Hounsfield units) or to each volume's 0.5 and 99.5 percentiles, scaled to ``[0, 1]``,
-  optionally resampled to a voxel ``spacing`` (linear for images, nearest for labels, as
-  nnU-Net does), then normalised.
+* **Volumes** have one channel or several (nnU-Net's layout: one file per channel). Each
+  channel is clipped to ``intensity_range`` (e.g. a CT window in Hounsfield units) or to its
+  own 0.5 and 99.5 percentiles in that volume, scaled to ``[0, 1]``, optionally resampled to
+  a voxel ``spacing`` (linear for images, nearest for labels, as nnU-Net does), then
+  normalised.
+* **One file per channel** (``channel_files`` of them, ``<case>_0000<file_ending>``, ...):
+  the files' channels are stacked in channel-index order before anything else; 2-D images
+  of several such files are scaled per channel, since each file has its own range.
 * ``size`` set: every image is resized (2-D, bilinear) or fitted (3-D: resampled, or centre
   cropped / zero padded) to it. ``size`` unset: native resolution.
 
@@ -36,6 +40,8 @@ from regionloss_jax.data.augment import Augment, sample_affine, warp
 
 RESAMPLERS = ("pil", "affine")
 FIT_MODES = ("resize", "crop_or_pad")
+# Fields added with nnU-Net's layout, and their values for every dataset before it.
+LAYOUT_DEFAULTS = {"channel_files": 0, "file_ending": ""}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,7 +58,13 @@ class Preprocessing:
       ``"affine"`` (the input pipeline's bilinear warp).
     fit_mode: 3-D with ``size``: ``"resize"`` or ``"crop_or_pad"``.
     spacing: 3-D: voxel spacing in mm, ``(D, H, W)`` order, resampled to before ``size``.
-    intensity_range: 3-D: fixed ``(low, high)`` window; ``None`` for per-volume percentiles.
+    intensity_range: 3-D: fixed ``(low, high)`` window (every channel's); ``None`` for
+      per-volume, per-channel percentiles.
+    channel_files: how an input is stored: 0, one file holding every channel (the folder
+      and volumes layouts, the Medical Segmentation Decathlon's 4-D NIfTI); N >= 1, nnU-Net's
+      N files per case, ``<case>_0000<file_ending>`` to ``<case>_{N-1:04d}<file_ending>``
+      (one RGB ``_0000.png`` holds 3 channels).
+    file_ending: with ``channel_files``, the dataset's file ending (``.nii.gz``, ``.png``...).
   """
 
   spatial_dims: int
@@ -65,6 +77,8 @@ class Preprocessing:
   fit_mode: str = "resize"
   spacing: tuple[float, ...] | None = None
   intensity_range: tuple[float, float] | None = None
+  channel_files: int = 0
+  file_ending: str = ""
 
   def __post_init__(self):
     if self.spatial_dims not in (2, 3):
@@ -85,9 +99,21 @@ class Preprocessing:
         raise ValueError(f"{name}={tuple(value)} needs {self.spatial_dims} entries")
     if self.spacing is not None and self.spatial_dims != 3:
       raise ValueError("spacing is for volumes (spatial_dims=3)")
+    if self.channel_files < 0 or self.channel_files > self.channels:
+      raise ValueError(
+        f"channel_files={self.channel_files} must be in [0, channels={self.channels}]"
+      )
+    if bool(self.channel_files) != bool(self.file_ending):
+      raise ValueError("channel_files and file_ending go together (nnU-Net's layout)")
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fields as JSON-ready values; fields left at ``LAYOUT_DEFAULTS`` are left out, so
+    that the records and cache keys of datasets without them stay as they were."""
+    values = dataclasses.asdict(self)
+    for name, default in LAYOUT_DEFAULTS.items():
+      if values[name] == default:
+        del values[name]
+    return values
 
   @classmethod
   def from_dict(cls, values: dict) -> Preprocessing:
@@ -120,6 +146,14 @@ def scale_to_unit(array: np.ndarray, intensity_range: Sequence[float] | None = N
   array = np.asarray(array, np.float32)
   lo, hi = intensity_range or np.percentile(array, (0.5, 99.5))
   return np.clip((array - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def scale_channels(array: np.ndarray, intensity_range: Sequence[float] | None = None):
+  """``array (..., C)`` with each channel scaled by :func:`scale_to_unit` on its own (its
+  own percentiles): channels such as T2 and ADC have unrelated ranges."""
+  return np.stack(
+    [scale_to_unit(array[..., c], intensity_range) for c in range(array.shape[-1])], axis=-1
+  )
 
 
 def stored_image(image: np.ndarray, *, channels: int, bit_depth: int) -> np.ndarray:
@@ -247,12 +281,37 @@ def grid_shapes(
   return shapes
 
 
+def grid_spacing(
+  prep: Preprocessing | None, original_shape: Sequence[int], spacing: Sequence[float] | None
+) -> tuple[float, ...] | None:
+  """The pixel size in mm of the model's grid (:func:`grid_shapes`' last) for a file of
+  ``original_shape`` pixels of ``spacing`` mm; ``None`` when the file has no spacing (2-D
+  images), so that distances stay in pixels.
+
+  Resampling to ``prep.spacing`` gives that spacing; resizing to ``prep.size`` stretches it
+  by the ratio of the shapes; cropping or padding keeps it.
+  """
+  if spacing is None:
+    return None
+  spacing = tuple(float(s) for s in spacing)
+  if prep is None:
+    return spacing
+  shapes = grid_shapes(prep, original_shape, spacing)
+  if prep.spacing is not None:
+    spacing = tuple(float(s) for s in prep.spacing)
+  if prep.size is not None and prep.fit_mode == "resize":
+    spacing = tuple(
+      s * before / after for s, before, after in zip(spacing, shapes[-2], shapes[-1], strict=True)
+    )
+  return spacing
+
+
 def stored_input(
   prep: Preprocessing, array: np.ndarray, spacing: Sequence[float] | None = None
 ) -> np.ndarray:
   """A file's array (from :mod:`regionloss_jax.data.files`) on the model's grid, in the form
   a prepared dataset stores it: uint8 / uint16 ``(H, W, C)`` images, float32 ``(D, H, W)``
-  volumes in ``[0, 1]``.
+  or ``(D, H, W, C)`` volumes in ``[0, 1]`` (:func:`stored_volume`).
 
   Raises ``ValueError`` when the array's rank or channels cannot be the model's.
   """
@@ -261,21 +320,46 @@ def stored_input(
       array = array[..., None]
     if array.ndim != 3:
       raise ValueError(f"expected a 2-D image (H, W) or (H, W, C), got shape {array.shape}")
-    if array.shape[-1] == 4:  # RGBA: the alpha channel is dropped, as read_image does
+    if array.shape[-1] == 4 and prep.channel_files <= 1:  # RGBA: alpha dropped, as read_image
       array = array[..., :3]
-    stored = stored_image(array, channels=prep.channels, bit_depth=prep.bit_depth)
+    if prep.channel_files > 1:
+      stored = np.concatenate(
+        [
+          stored_image(array[..., c : c + 1], channels=1, bit_depth=prep.bit_depth)
+          for c in range(array.shape[-1])
+        ],
+        axis=-1,
+      )
+      if stored.shape[-1] != prep.channels:
+        raise ValueError(f"has {stored.shape[-1]} channels; the model takes {prep.channels}")
+    else:
+      stored = stored_image(array, channels=prep.channels, bit_depth=prep.bit_depth)
     if prep.size is not None:
       stored = resize_image(stored, prep.size, resampler=prep.resampler)
     return stored
-  if array.ndim != 3:
-    raise ValueError(f"expected a volume (D, H, W), got shape {array.shape}")
-  unit = scale_to_unit(array, prep.intensity_range)
-  shapes = grid_shapes(prep, array.shape, spacing)
+  return stored_volume(prep, array, spacing)
+
+
+def stored_volume(
+  prep: Preprocessing, array: np.ndarray, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+  """A volume ``(D, H, W)`` or ``(D, H, W, C)`` on the model's grid, each channel scaled to
+  float32 ``[0, 1]``; the channel axis is kept when given (``(D, H, W)`` stays 3-D).
+
+  Raises ``ValueError`` for another rank, or ``C`` other than ``prep.channels``.
+  """
+  if array.ndim not in (3, 4):
+    raise ValueError(f"expected a volume (D, H, W) or (D, H, W, C), got shape {array.shape}")
+  channels = array.shape[-1] if array.ndim == 4 else 1
+  if channels != prep.channels:
+    raise ValueError(f"has {channels} channel(s); the model takes {prep.channels}")
+  unit = scale_channels(array if array.ndim == 4 else array[..., None], prep.intensity_range)
+  shapes = grid_shapes(prep, array.shape[:3], spacing)
   if prep.spacing is not None:
     unit = resample(unit, shapes[1], order=1)
   if prep.size is not None:
     unit = fit_shape(unit, prep.size, mode=prep.fit_mode, order=1)
-  return unit
+  return unit if array.ndim == 4 else unit[..., 0]
 
 
 def model_input(
@@ -285,7 +369,7 @@ def model_input(
   (:func:`stored_input`) scaled to ``[0, 1]`` and normalised per channel, as the input
   pipeline does with prepared examples."""
   stored = stored_input(prep, array, spacing)
-  if prep.spatial_dims == 3:
+  if prep.spatial_dims == 3 and stored.ndim == 3:
     stored = stored[..., None]
   unit = stored.astype(np.float32) / value_scale(stored.dtype)
   mean = np.asarray(prep.mean, np.float32)

@@ -72,3 +72,33 @@ class SegmentationData:
 
   def __len__(self) -> int:
     return len(self.source)
+
+
+class SubsetSource:
+  """Chosen examples of several sources as one random-access, picklable source.
+
+  Example ``i`` is ``sources[picks[i][0]][picks[i][1]]``: e.g. a cross-validation fold's
+  cases drawn from a dataset's train and validation splits.
+
+  Args:
+    sources: random-access sources (``len`` and ``[i]``).
+    picks: ``(source number, index in that source)`` per example, in order.
+  """
+
+  def __init__(self, sources: Sequence[Any], picks: Sequence[tuple[int, int]]):
+    self.sources = tuple(sources)
+    self.picks = tuple((int(s), int(i)) for s, i in picks)
+    for number, index in self.picks:
+      if not (0 <= number < len(self.sources) and 0 <= index < len(self.sources[number])):
+        raise IndexError(f"pick ({number}, {index}) is outside the sources")
+
+  def __len__(self) -> int:
+    return len(self.picks)
+
+  def __getitem__(self, index: int):
+    number, position = self.picks[index]
+    return self.sources[number][position]
+
+  def __repr__(self) -> str:
+    sizes = ", ".join(str(len(s)) for s in self.sources)
+    return f"SubsetSource({len(self)} examples of sources of sizes {sizes})"

@@ -9,10 +9,12 @@ to ``shape`` by resampling (``resize``: linear for images, nearest for labels) o
 crop / zero padding (``crop_or_pad``); with ``spacing``, volumes are first resampled to that
 voxel spacing (in mm, ``(D, H, W)`` order).
 
-Prepared features: ``image`` float32 ``(D, H, W, 1)``, ``segmentation_mask`` uint8
-``(D, H, W, 1)`` of class ids, ``file_name``, and the file's geometry: ``original_shape``,
-``affine`` (NIfTI's 4x4, identity for ``.npy``) and ``spacing``; ``locations`` /
-``location_classes`` sample every class's voxels for foreground patches.
+Prepared features: ``image`` float32 ``(D, H, W, C)`` (``C = 1`` here; the nnU-Net layout of
+:mod:`regionloss_jax.data.nnunet` writes several channels through :func:`volume_example`),
+``segmentation_mask`` uint8 ``(D, H, W, 1)`` of class ids, ``file_name``, and the file's
+geometry: ``original_shape``, ``affine`` (NIfTI's 4x4, identity for ``.npy``) and
+``spacing``; ``locations`` / ``location_classes`` sample every class's voxels for
+foreground patches.
 """
 
 from __future__ import annotations
@@ -115,7 +117,11 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       builder=self,
       features=tfds.features.FeaturesDict(
         {
-          "image": tfds.features.Tensor(shape=shape + (1,), dtype=np.float32, encoding=encoding),
+          "image": tfds.features.Tensor(
+            shape=shape + (self.builder_config.preprocessing.channels,),
+            dtype=np.float32,
+            encoding=encoding,
+          ),
           "segmentation_mask": tfds.features.Tensor(
             shape=shape + (1,), dtype=np.uint8, encoding=encoding
           ),
@@ -139,32 +145,58 @@ class SegmentationVolumes(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _generate_examples(self, pairs):
     config = self.builder_config
-    prep = config.preprocessing
     for image_path, mask_path in pairs:
-      volume = read_volume(image_path)
       labels = pairing.apply_lookup(
         np.round(read_volume(mask_path).array).astype(np.int64), config.lookup
       )
-      image = preprocess.stored_input(prep, volume.array, volume.spacing)
-      shapes = preprocess.grid_shapes(prep, labels.shape, volume.spacing)
-      if prep.spacing is not None:
-        labels = preprocess.resample(labels, shapes[1], order=0)
-      if prep.size is not None:
-        labels = preprocess.fit_shape(labels, prep.size, mode=prep.fit_mode, order=0)
-      coords, classes = patches.class_locations(labels, len(config.class_names))
       yield (
         str(image_path),
-        {
-          "image": image[..., None].astype(np.float32),
-          "segmentation_mask": labels[..., None],
-          "file_name": pathlib.Path(image_path).name,
-          "original_shape": np.asarray(volume.array.shape, np.int32),
-          "affine": volume.affine,
-          "spacing": np.asarray(volume.spacing, np.float64),
-          "locations": coords,
-          "location_classes": classes,
-        },
+        volume_example(
+          config.preprocessing,
+          read_volume(image_path),
+          labels,
+          file_name=pathlib.Path(image_path).name,
+          num_classes=len(config.class_names),
+        ),
       )
+
+
+def volume_example(
+  prep: preprocess.Preprocessing, volume, labels: np.ndarray, *, file_name: str, num_classes: int
+) -> dict:
+  """The prepared example of one case.
+
+  Args:
+    prep: how the volume is brought to the model's grid.
+    volume: a :class:`regionloss_jax.data.files.Volume` of ``(D, H, W)`` (one channel) or
+      ``(D, H, W, C)``; its affine and spacing are the case's geometry.
+    labels: uint8 class ids ``(D, H, W)`` on the volume's grid.
+    file_name: the name the case's predictions and metrics go by.
+    num_classes: classes including background.
+
+  Returns:
+    The features of :class:`SegmentationVolumes`: ``image`` float32 ``(*grid, C)``,
+    ``segmentation_mask`` uint8 ``(*grid, 1)``, the file's geometry and class locations.
+  """
+  image = preprocess.stored_volume(prep, volume.array, volume.spacing)
+  if image.ndim == 3:
+    image = image[..., None]
+  shapes = preprocess.grid_shapes(prep, labels.shape, volume.spacing)
+  if prep.spacing is not None:
+    labels = preprocess.resample(labels, shapes[1], order=0)
+  if prep.size is not None:
+    labels = preprocess.fit_shape(labels, prep.size, mode=prep.fit_mode, order=0)
+  coords, classes = patches.class_locations(labels, num_classes)
+  return {
+    "image": image.astype(np.float32),
+    "segmentation_mask": labels[..., None],
+    "file_name": file_name,
+    "original_shape": np.asarray(volume.array.shape[:3], np.int32),
+    "affine": volume.affine,
+    "spacing": np.asarray(volume.spacing, np.float64),
+    "locations": coords,
+    "location_classes": classes,
+  }
 
 
 def load_volumes(

@@ -99,3 +99,22 @@ def test_fixed_intensity_window():
   np.testing.assert_allclose(
     preprocess.stored_input(prep, volume).ravel(), [0.0, 0.0, 0.5, 0.75, 1.0]
   )
+
+
+def test_grid_spacing_follows_resampling_resizing_and_cropping():
+  volume = dict(spatial_dims=3, channels=1, mean=(0.5,), std=(0.25,))
+  shape, spacing = (10, 40, 40), (5.0, 0.8, 0.8)
+  assert preprocess.grid_spacing(None, shape, spacing) == spacing
+  assert preprocess.grid_spacing(Preprocessing(**volume), shape, spacing) == spacing
+  # No spacing (a 2-D file): distances stay in pixels.
+  assert preprocess.grid_spacing(Preprocessing(**volume), shape, None) is None
+  resampled = Preprocessing(**volume, spacing=(2.5, 1.6, 1.6))
+  assert preprocess.grid_spacing(resampled, shape, spacing) == (2.5, 1.6, 1.6)
+  # 10 slices of 5 mm resized to 25: 2 mm each; 40 x 0.8 mm to 20: 1.6 mm.
+  resized = Preprocessing(**volume, size=(25, 20, 20))
+  assert preprocess.grid_spacing(resized, shape, spacing) == pytest.approx((2.0, 1.6, 1.6))
+  cropped = Preprocessing(**volume, size=(8, 32, 32), fit_mode="crop_or_pad")
+  assert preprocess.grid_spacing(cropped, shape, spacing) == spacing
+  both = Preprocessing(**volume, spacing=(2.5, 1.6, 1.6), size=(10, 10, 10))
+  # Resampled to 20 x 20 x 20 voxels, then resized to 10: each twice as large.
+  assert preprocess.grid_spacing(both, shape, spacing) == pytest.approx((5.0, 3.2, 3.2))

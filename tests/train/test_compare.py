@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests import tiers
 from tests.train.helpers import REPO, TINY_FIELDS, make_tiny
 from train import compare, datasets, loop
 from train.configs import compare as compare_config
@@ -71,6 +72,7 @@ def _tiny_study_config(cache_dir):
   return config
 
 
+@tiers.SLOW
 def test_tuning_never_opens_the_test_split(tmp_path, cache_dir, monkeypatch):
   config = _tiny_study_config(cache_dir)
   opened = []
@@ -88,8 +90,12 @@ def test_tuning_never_opens_the_test_split(tmp_path, cache_dir, monkeypatch):
   (points,) = [t["grid"] for t in tuned.values()]
   assert [p["weight"] for p in points] == [0.1, 1.0]
   summaries = [json.loads(open(os.path.join(p["workdir"], "summary.json")).read()) for p in points]
-  assert all(set(s) == {"validation"} for s in summaries)
+  assert all(set(s) == {"validation", *compare.TRAINING_KEYS} for s in summaries)
   assert [s["validation"]["dice"] for s in summaries] == [p["val_dice"] for p in points]
+  # Patience 0: every point trains all its steps and records the checkpoint it reports.
+  for point, summary in zip(points, summaries, strict=True):
+    assert (point["steps_trained"], point["stopped_early"]) == (6, False)
+    assert point["best_step"] == summary["validation"]["checkpoint_step"] in (3, 6)
   best = max(points, key=lambda p: p["val_dice"])
   assert tuned["ce+l1"]["chosen"] == {"weight": best["weight"], "temperature": 10.0}
   # The guard itself works: an ordinary run reads the test split and trips it.
@@ -98,8 +104,19 @@ def test_tuning_never_opens_the_test_split(tmp_path, cache_dir, monkeypatch):
     loop.train_and_evaluate(run, str(tmp_path / "ordinary"))
 
 
+def _stopping_study_config(cache_dir):
+  """The tiny study with early stopping: no Dice gains 0.9, so every run (tuning points
+  too) stops at its second validation, step 6 of 12."""
+  config = _tiny_study_config(cache_dir)
+  config.base.train.steps = 12
+  config.base.train.patience = 1
+  config.base.train.min_delta = 0.9
+  return config
+
+
+@tiers.SLOW
 def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
-  report = compare.run_study(_tiny_study_config(cache_dir), str(tmp_path))
+  report = compare.run_study(_stopping_study_config(cache_dir), str(tmp_path))
   on_disk = json.loads((tmp_path / "report.json").read_text())
   assert on_disk == json.loads(json.dumps(report))
   assert set(report["losses"]) == {"ce", "ce+l1"}
@@ -127,6 +144,15 @@ def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
     assert row["per_class"]["organ"]["dice"] == pytest.approx(
       np.mean([s["per_class"]["organ"]["dice"] for s in summaries])
     )
+    best_steps = [s["checkpoint_step"] for s in summaries]
+    assert [r["best_step"] for r in row["runs"]] == best_steps
+    assert (row["best_step"], row["best_step_std"]) == pytest.approx(
+      (np.mean(best_steps), np.std(best_steps))
+    )
+    assert [(r["steps_trained"], r["stopped_early"]) for r in row["runs"]] == [(6, True)] * 2
+    assert (row["steps_trained"], row["steps_trained_std"]) == (6, 0)
+  for point in report["tuning"]["ce+l1"]["grid"]:
+    assert (point["steps_trained"], point["stopped_early"]) == (6, True)
   config = json.loads(
     open(os.path.join(report["losses"]["ce+l1"]["runs"][0]["workdir"], "config.json")).read()
   )
@@ -163,8 +189,12 @@ def test_tiny_study_report_matches_the_runs(tmp_path, cache_dir):
     assert os.path.getsize(path) > 1000
   markdown = (tmp_path / "report.md").read_text()
   assert "Paired against `ce`" in markdown and "chosen on the validation split" in markdown
+  assert "steps (best / trained)" in markdown and "4 of 4 test runs stopped early" in markdown
+  ce_row = next(line for line in markdown.splitlines() if line.startswith("| ce |"))
+  assert ce_row.endswith(f"| {compare._steps_cell(report['losses']['ce'])} |")
+  assert compare._steps_cell(report["losses"]["ce"]).endswith(" / 6")
 
-  rerun = compare.run_study(_tiny_study_config(cache_dir), str(tmp_path))  # finished runs
+  rerun = compare.run_study(_stopping_study_config(cache_dir), str(tmp_path))  # finished runs
   assert rerun["losses"] == report["losses"]
 
 
@@ -197,6 +227,7 @@ def _without_paths(report):
   return losses
 
 
+@tiers.SLOW
 def test_study_stopped_by_ctrl_c_resumes_to_the_uninterrupted_report(tmp_path, cache_dir):
   straight = subprocess.run(
     _study_command(tmp_path / "straight", cache_dir), cwd=REPO, capture_output=True, text=True
@@ -228,3 +259,6 @@ def test_study_stopped_by_ctrl_c_resumes_to_the_uninterrupted_report(tmp_path, c
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   reports = [json.loads((w / "report.json").read_text()) for w in (tmp_path / "straight", workdir)]
   assert _without_paths(reports[1]) == _without_paths(reports[0])
+  assert {row["steps_trained"] for row in reports[0]["losses"].values()} == {30}
+  markdown = (workdir / "report.md").read_text()
+  assert "No early stopping (train.patience=0): every run trained all 30 steps" in markdown

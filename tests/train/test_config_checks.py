@@ -2,7 +2,7 @@
 
 import pytest
 
-from train import build, config_checks, optim
+from train import build, config_checks, memory, optim
 from train.configs import (
   base,
   binary,
@@ -13,6 +13,7 @@ from train.configs import (
   oxford_pet,
   volumes3d,
 )
+from train.user_errors import ConfigError
 
 
 @pytest.mark.parametrize("module", [default, binary, folder, oxford_pet, volumes3d, colin27])
@@ -176,3 +177,29 @@ def test_anisotropic_pooling_sets_what_each_axis_must_divide():
   config.model.pooling = ((1, 2, 2), (2, 2, 2))
   with pytest.raises(config_checks.ConfigError, match="pooling needs 3 levels"):
     config_checks.check_config(config)
+
+
+class _Device:
+  device_kind = "test accelerator"
+
+  def __init__(self, limit: int):
+    self.limit = limit
+
+  def memory_stats(self):
+    return {"bytes_limit": self.limit}
+
+
+def test_a_train_step_larger_than_the_device_is_refused_naming_the_batch():
+  config = default.get_config()
+  shape = (64, 64)
+  estimate = memory.config_step_memory(config, in_channels=1, num_classes=4).total
+  options = dict(shape=shape, in_channels=1, num_classes=4, device_count=1)
+  config.data.patch_size = shape
+  config_checks.check_memory(config, device=_Device(2 * estimate), **options)
+  config.train.batch_size *= 4
+  with pytest.raises(ConfigError, match=r"config.train.batch_size=.*GiB of test accelerator"):
+    config_checks.check_memory(config, device=_Device(2 * estimate), **options)
+  # Split over 4 devices, each holds a quarter of the batch again.
+  config_checks.check_memory(config, device=_Device(2 * estimate), **{**options, "device_count": 4})
+  # Whole images of their own sizes are not estimated.
+  config_checks.check_memory(config, device=_Device(1), **{**options, "shape": None})

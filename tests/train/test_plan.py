@@ -209,3 +209,24 @@ def test_plan_mistakes_end_in_one_line(tmp_path):
 def test_memory_budget_is_a_share_of_what_the_device_holds():
   limit, _ = memory.device_memory(__import__("jax").devices()[0])
   assert planning.MEMORY_SHARE * limit > 0
+
+
+def test_an_nnunet_dataset_is_fingerprinted_with_its_channels_and_labels(tmp_path):
+  from tests.data import test_nnunet as layout
+  from train import planner
+  from train.configs import nnunet as nnunet_config
+
+  root = tmp_path / "Dataset001_Prostate"
+  layout.write_3d(root, cases=4)
+  config = nnunet_config.get_config()
+  config.data.dir = str(root)
+  record = planner.plan_dataset(config, str(tmp_path / "plan"), memory_gb=0.5)
+  fp = json.loads((tmp_path / "plan" / "fingerprint.json").read_text())
+  assert fp["cases"] == 4
+  assert fp["channels"] == ["T2", "ADC"]  # dataset.json's channel_names
+  # Spacings of cases 0-3: D 1.0-2.5 mm, H 0.8, W 0.9-1.2 (median 1.75, 0.8, 1.05).
+  assert record["config"]["data.spacing"] == pytest.approx([1.75, 0.8, 1.05], rel=1e-6)
+  assert record["config"]["data.name"] == "nnunet"
+  # Per case 336 PZ and 144 TZ voxels; the 4 of the ignore label count in no class.
+  voxels = [c["voxels"] for c in fp["classes"]]
+  assert voxels == [4 * (16 * 20 * 24 - 336 - 144 - 4), 4 * 336, 4 * 144]

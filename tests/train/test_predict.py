@@ -2,7 +2,9 @@
 whole-image evaluation through sliding windows, ``train.evaluate`` and ``train.predict``
 writing masks by stem on each input's own grid."""
 
+import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from regionloss_jax.postprocessing import Postprocessing, Rule
+from tests import tiers
 from tests.train.helpers import REPO
+from train import postprocess, runs
+from train.user_errors import ConfigError
 
 SIZES = [
   (36, 52),
@@ -91,6 +97,7 @@ def folder_run(tmp_path_factory, cache_dir):
   return root, workdir
 
 
+@tiers.SLOW
 def test_validation_and_test_metrics_are_computed_on_whole_native_images(folder_run):
   root, workdir = folder_run
   summary = json.loads((workdir / "summary.json").read_text())["test"]
@@ -111,6 +118,7 @@ def test_validation_and_test_metrics_are_computed_on_whole_native_images(folder_
   assert [r["num_images"] for r in val] == [2, 2]
 
 
+@tiers.SLOW
 def test_evaluate_writes_masks_named_by_stem_at_their_size(folder_run):
   root, workdir = folder_run
   _run("train.evaluate", f"--workdir={workdir}")
@@ -123,6 +131,7 @@ def test_evaluate_writes_masks_named_by_stem_at_their_size(folder_run):
   assert evaluated["dice"] == pytest.approx(trained["dice"], abs=1e-12)
 
 
+@tiers.SLOW
 def test_predict_writes_every_readable_input_and_names_every_bad_one(folder_run, tmp_path):
   root, workdir = folder_run
   inputs = tmp_path / "new"
@@ -182,6 +191,7 @@ def test_predict_writes_every_readable_input_and_names_every_bad_one(folder_run,
   assert np.asarray(Image.open(tmp_path / "tta" / "wide.png")).shape == (61, 23)
 
 
+@tiers.SLOW
 def test_predict_refuses_to_overwrite_its_inputs(folder_run, tmp_path):
   _, workdir = folder_run
   inputs = tmp_path / "new"
@@ -204,6 +214,7 @@ def _nifti(path, array_dhw, affine, description=b""):
   nibabel.save(image, path)
 
 
+@tiers.SLOW
 def test_volumes_at_their_own_spacing_come_back_on_their_own_grid(tmp_path, cache_dir):
   root = tmp_path / "vols"
   rng = np.random.default_rng(1)
@@ -274,3 +285,62 @@ def test_volumes_at_their_own_spacing_come_back_on_their_own_grid(tmp_path, cach
   probs = np.load(tmp_path / "out" / "scan.npz")["probabilities"]
   assert probs.shape == (9, 17, 11, 2)  # (D, H, W) of the input's own grid
   np.testing.assert_array_equal(probs.argmax(-1), np.asarray(mask.dataobj).T)
+
+
+def _run_dir(path):
+  path.mkdir(parents=True)
+  (path / "config.json").write_text("{}")
+  return str(path)
+
+
+def test_a_cross_validation_directory_stands_for_its_folds_in_order(tmp_path):
+  cv = tmp_path / "cv"
+  folds = [_run_dir(cv / name) for name in ("fold_0", "fold_2", "fold_10", "fold_final")]
+  (cv / "fold_3").mkdir()  # no config.json: not a run, not a member
+  run = _run_dir(tmp_path / "run")
+  assert runs.member_workdirs([str(cv), run]) == [*folds, run]
+  missing = str(tmp_path / "none")  # neither: kept, for opening it to name what is missing
+  assert runs.member_workdirs([missing]) == [missing]
+  with pytest.raises(ConfigError, match=f"{folds[1]} is in the ensemble twice"):
+    runs.member_workdirs([str(cv), folds[1]])
+
+
+@tiers.SLOW
+def test_postprocessing_is_chosen_on_validation_reported_on_test_and_applied(folder_run, tmp_path):
+  _, workdir = folder_run
+  record = json.loads((workdir / "postprocessing.json").read_text())
+  chosen = Postprocessing.from_dict(record["postprocessing"])
+  assert chosen.classes[1].num_images == 2  # the two validation images
+  summary = json.loads((workdir / "summary.json").read_text())["test"]
+  assert summary["postprocessing"]["is_identity"] == chosen.is_identity
+  assert summary["distance_unit"] == "px"  # PNG files have no spacing
+  assert ("postprocessed" in summary) != chosen.is_identity
+
+  # A copy of the run whose record drops every component of class 1: predict must apply it.
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  forced = _with_rule(chosen, 1, Rule("min_size", 1e9))
+  postprocess.write(str(copy), forced, np.load(workdir / postprocess.STATS_FILE), ["b", "x", "y"])
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  rng = np.random.default_rng(5)
+  image, _ = _grey_case(rng, 30, 41)
+  Image.fromarray(image).save(inputs / "new.png")
+  _run("train.predict", f"--workdir={copy}", f"--input={inputs}", f"--out={tmp_path / 'pp'}")
+  _run(
+    "train.predict",
+    f"--workdir={copy}",
+    f"--input={inputs}",
+    f"--out={tmp_path / 'raw'}",
+    "--nopostprocess",
+  )
+  raw = np.asarray(Image.open(tmp_path / "raw" / "new.png"))
+  cleaned = np.asarray(Image.open(tmp_path / "pp" / "new.png"))
+  assert not (cleaned == 1).any()
+  np.testing.assert_array_equal(cleaned, forced.apply(raw))
+
+
+def _with_rule(chosen, class_id, rule):
+  classes = dict(chosen.classes)
+  classes[class_id] = dataclasses.replace(classes[class_id], rule=rule)
+  return dataclasses.replace(chosen, classes=classes)

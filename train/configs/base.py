@@ -29,8 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "imbalanced_shapes/multiclass"
-  config.data.dir = ""  # folder / volumes: the dataset root
-  config.data.num_classes = config_dict.placeholder(int)  # required for folder / volumes
+  # folder / volumes: the dataset root; nnunet: nnU-Net's raw dataset folder (dataset.json,
+  # imagesTr/, labelsTr/, ...), whose dataset.json gives the classes and channels.
+  config.data.dir = ""
+  # Required for folder / volumes; nnunet: optional, and must agree with dataset.json.
+  config.data.num_classes = config_dict.placeholder(int)
   # folder / volumes: one name per class, background first (reports and plots use them);
   # unset: background, class_1, ...
   config.data.class_names = config_dict.placeholder(tuple)
@@ -50,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.intensity_range = config_dict.placeholder(tuple)  # volumes: fixed window
   config.data.cache_dir = ""  # default ~/.cache/regionloss_jax
   config.data.split_sizes = config_dict.placeholder(tuple)  # imbalanced_shapes only
+  # Cross-validation (train.fold): nnU-Net's splits_final.json, a list of {"train": [ids],
+  # "val": [ids]} per fold. "": data.dir/splits_final.json for folder / volumes, else
+  # <cache_dir>/splits/<dataset>.json; written on first use when missing, then reused.
+  config.data.splits_file = ""
   config.data.border = "class"  # oxford_iiit_pet: trimap border as a "class" or "ignore"
   config.data.augment = True
   config.data.num_threads = 2
@@ -118,6 +125,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.evaluate_test = True
   # Steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
   config.train.max_nonfinite_steps = 20
+  # Early stopping: end training after this many validations in a row (every eval_every
+  # steps) without a validation Dice above the best so far by more than min_delta; the best
+  # checkpoint is tested as usual. 0: never stop early. The learning-rate schedule still
+  # runs over train.steps, the maximum (as nnU-Net's poly schedule over its fixed budget).
+  config.train.patience = 0
+  config.train.min_delta = 0.0
+  # k-fold cross-validation: train on every fold of the pool (the train and validation
+  # splits) but fold k, validate on fold k (data.splits_file says which cases); the test
+  # split stays as it is. Unset: the dataset's own train and validation splits.
+  config.train.fold = config_dict.placeholder(int)
+  config.train.num_folds = 5
 
   # Whole-image prediction (validation, test, train.evaluate, train.predict): sliding windows
   # of data.patch_size (else of the whole image), train.eval_batch_size windows at a time.
@@ -125,6 +143,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference.overlap = 0.5
   config.inference.blend = "gaussian"  # gaussian | constant
   config.inference.tta = False  # average over mirroring every spatial axis
+  # The normalized surface Dice's tolerance: in mm where the images have a spacing
+  # (volumes), else in pixels (the report says which).
+  config.inference.nsd_tolerance = 1.0
+  # At the end of training, choose per class a connected-component post-processing on the
+  # validation predictions (nnU-Net's rule: kept only where it raises the validation Dice);
+  # saved as workdir/postprocessing.json, reported on test before and after, and applied by
+  # train.predict (--nopostprocess: not).
+  config.inference.postprocess = True
 
   config.parallel = ml_collections.ConfigDict()
   # Split parameters and optimiser state over the devices (FSDP-style) instead of

@@ -5,6 +5,9 @@
 config (``train/configs/base.py``) shared by every run. Compounds whose spec sets neither
 ``weight`` nor ``temperature`` are tuned on the validation split over ``tune``'s grid
 (temperatures only for the region terms l1/kl/db) before the seeded runs.
+
+Every run trains the fixed, short budget of ``base.train.steps`` (no early stopping);
+``compare_convergence.py`` is this study with each run trained to convergence.
 """
 
 import ml_collections
