@@ -8,7 +8,8 @@ CONSTRAINTS := requirements/constraints.txt
 # The oldest supported JAX: the library's tests run there too (make test-oldest-jax).
 VENV_OLDEST := .venv-jax06
 CONSTRAINTS_OLDEST := requirements/constraints-jax06.txt
-LIBRARY_TESTS := tests/losses tests/test_metrics.py tests/test_inference.py tests/test_packaging.py
+LIBRARY_TESTS := tests/losses tests/test_metrics.py tests/test_postprocessing.py tests/test_inference.py \
+  tests/test_packaging.py
 
 .PHONY: install demo test test-fast bench compare clean lint docs doctest test-oldest-jax \
   bench-accelerator accelerator-wheels
@@ -87,7 +88,7 @@ lint: install
 doctest: install
 	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules \
 	  regionloss_jax/losses regionloss_jax/metrics.py regionloss_jax/inference.py \
-	  regionloss_jax/models/unet.py
+	  regionloss_jax/models/unet.py regionloss_jax/postprocessing.py
 
 # HTML API reference of regionloss_jax into build/docs (open build/docs/index.html), and the
 # tutorials of docs/tutorials executed into build/docs/tutorials (each page with its

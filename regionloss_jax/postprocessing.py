@@ -29,6 +29,11 @@ replaces ``none`` only when its criterion is higher by more than ``1e-12``; amon
 rules the least aggressive wins (``none``, then ``min_size`` from the smallest threshold, then
 ``largest_component``).
 
+That criterion trades Dice on the images holding a class for fewer false positives in the
+others: a size threshold that removes specks also removes small true components. Passing
+``max_present_dice_drop`` to :meth:`PostprocessingSearch.choose` keeps only the rules whose
+mean Dice over the images holding the class falls by at most that much.
+
 Example:
   >>> import numpy as np
   >>> with_class = np.zeros((8, 8), int)
@@ -397,6 +402,13 @@ def _thresholds(sizes: np.ndarray) -> np.ndarray:
   return np.unique(np.geomspace(sizes.min(), sizes.max(), MAX_THRESHOLDS))
 
 
+def _within(before: ClassScores, after: ClassScores, max_drop: float | None) -> bool:
+  """Whether ``after`` keeps the present-image Dice within ``max_drop`` of ``before``."""
+  if max_drop is None or before.present_dice is None or after.present_dice is None:
+    return True
+  return after.present_dice >= before.present_dice - max_drop - _TIE
+
+
 class PostprocessingSearch:
   """Collects validation statistics image by image, then chooses a rule per class.
 
@@ -493,22 +505,37 @@ class PostprocessingSearch:
       *(Rule("min_size", float(t)) for t in _thresholds(sizes)),
     ]
 
-  def choose(self) -> Postprocessing:
+  def choose(self, *, max_present_dice_drop: float | None = None) -> Postprocessing:
     """The rule per foreground class with the best validation criterion (module docstring).
 
     A rule after which no image counts (the class is in no ground truth and the rule
     removes every prediction) has no criterion and is never chosen: validation then says
     nothing about the class.
+
+    Args:
+      max_present_dice_drop: when set, a rule qualifies only if the mean Dice over the
+        validation images holding the class is at most this much below that of ``none``
+        (nnU-Net's choice: ``None``, any drop).
     """
     if self.num_images == 0:
       raise ValueError("choose() needs validation images; add() was never called.")
+    if max_present_dice_drop is not None and not (
+      np.isfinite(max_present_dice_drop) and max_present_dice_drop >= 0
+    ):
+      raise ValueError(
+        f"max_present_dice_drop must be a finite number >= 0, got {max_present_dice_drop!r}."
+      )
     classes = {}
     for k in self._stats:
       before = self.evaluate(k, Rule())
       chosen, after = Rule(), before
       if before.criterion is not None:
         scored = [(rule, self.evaluate(k, rule)) for rule in self.candidates(k)]
-        scored = [(rule, s) for rule, s in scored if s.criterion is not None]
+        scored = [
+          (rule, s)
+          for rule, s in scored
+          if s.criterion is not None and _within(before, s, max_present_dice_drop)
+        ]
         best = max(s.criterion for _, s in scored)
         if best > before.criterion + _TIE:
           chosen, after = min(

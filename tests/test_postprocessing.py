@@ -406,3 +406,27 @@ def test_import_needs_no_training_stack():
     "assert not heavy, heavy\n"
   )
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_limit_on_the_present_image_dice_drop_keeps_the_small_true_components():
+  """A 1-pixel speck in an image without the class, and a 1-pixel true component beside a
+  large one: min_size(2) removes both. nnU-Net's criterion takes it (the absent image leaves
+  the mean); with a limit on the drop of the present-image Dice it is refused."""
+  absent = np.zeros((8, 8), int)
+  speck = absent.copy()
+  speck[7, 7] = 1
+  present = np.zeros((8, 8), int)
+  present[0:4, 0:4] = 1
+  present[7, 0] = 1
+  search = PostprocessingSearch(num_classes=2)
+  search.add(speck, absent)
+  search.add(present, present)
+  nnunet = search.choose()
+  assert nnunet.rules[1].kind == "min_size"
+  # Present Dice 1 -> 2*16/(2*16 + 1) after dropping the true 1-pixel component.
+  assert nnunet.classes[1].after.present_dice == pytest.approx(32 / 33)
+  limited = search.choose(max_present_dice_drop=0.01)
+  assert limited.rules[1].kind == "none"
+  assert search.choose(max_present_dice_drop=0.05).rules[1].kind == "min_size"
+  with pytest.raises(ValueError, match="max_present_dice_drop"):
+    search.choose(max_present_dice_drop=-0.1)

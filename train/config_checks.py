@@ -437,6 +437,9 @@ def _check_sizes(config: ml_collections.ConfigDict) -> None:
   _choice("inference.blend", config.inference.blend, inference.BLENDS)
   # Configs of runs written before NSD have no tolerance (train.evaluate reads them).
   _above("inference.nsd_tolerance", config.inference.get("nsd_tolerance", 1.0), 0)
+  drop = config.inference.get("postprocess_max_dice_drop")
+  if drop is not None:
+    _unit("inference.postprocess_max_dice_drop", drop, open_top=False)
 
 
 def check_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int) -> None:

@@ -132,7 +132,7 @@ ADDED_FIELDS = {
   "train": {"patience": 0, "min_delta": 0.0, "fold": None, "num_folds": 5},
   "data": {"splits_file": ""},
   "model": {"pooling": None},
-  "inference": {"nsd_tolerance": 1.0, "postprocess": False},
+  "inference": {"nsd_tolerance": 1.0, "postprocess": False, "postprocess_max_dice_drop": None},
 }
 
 
@@ -579,7 +579,9 @@ def _choose_postprocessing(run: _Run, best_state, steps: int):
   on_image, rows = postprocess.collector(search, run.splits["validation"].preprocessing)
   run.evaluate(best_state, "validation", steps, on_image=on_image)
   rows = postprocess.gather(rows)
-  chosen = postprocess.choose_from_rows(search, rows)
+  chosen = postprocess.choose_from_rows(
+    search, rows, max_present_dice_drop=run.config.inference.postprocess_max_dice_drop
+  )
   if run.lead:
     path = postprocess.write(run.workdir, chosen, rows, run.class_names)
     rules = {

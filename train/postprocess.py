@@ -64,9 +64,11 @@ def gather(rows: list) -> np.ndarray:
   return gathered[np.lexsort((gathered[:, 1], gathered[:, 0]))]  # lexsort is stable
 
 
-def choose_from_rows(search: PostprocessingSearch, rows: np.ndarray) -> Postprocessing:
+def choose_from_rows(
+  search: PostprocessingSearch, rows: np.ndarray, *, max_present_dice_drop: float | None = None
+) -> Postprocessing:
   """``rows`` (from :func:`gather`) added to ``search`` image by image, and the rules
-  chosen."""
+  chosen (:meth:`PostprocessingSearch.choose`)."""
   for index in np.unique(rows[:, 0]):
     image = rows[rows[:, 0] == index]
     stats = {}
@@ -80,7 +82,7 @@ def choose_from_rows(search: PostprocessingSearch, rows: np.ndarray) -> Postproc
         valid_counts=components[:, 5].astype(np.int64),
       )
     search.add_stats(stats)
-  return search.choose()
+  return search.choose(max_present_dice_drop=max_present_dice_drop)
 
 
 def write(workdir: str, chosen: Postprocessing, rows: np.ndarray, class_names) -> str:
@@ -112,11 +114,16 @@ def read(workdir: str) -> Postprocessing | None:
 
 
 def for_ensemble(
-  workdirs: Sequence[str], *, num_classes: int, ignore_index: int | None
+  workdirs: Sequence[str],
+  *,
+  num_classes: int,
+  ignore_index: int | None,
+  max_present_dice_drop: float | None = None,
 ) -> Postprocessing | None:
   """The post-processing of the runs ``workdirs`` predicting together: one run's own; for
   several, the rules chosen on all their validation images pooled (each run's images kept
-  apart). ``None`` when a run has none, so that no member's choice is applied unseen."""
+  apart), with ``max_present_dice_drop`` as the runs chose theirs. ``None`` when a run has
+  none, so that no member's choice is applied unseen."""
   if len(workdirs) == 1:
     return read(workdirs[0])
   pooled, offset = [], 0.0
@@ -131,7 +138,9 @@ def for_ensemble(
     pooled.append(rows + np.asarray([offset, 0, 0, 0, 0, 0]))
     offset += float(rows[:, 0].max()) + 1 if len(rows) else 0.0
   search = PostprocessingSearch(num_classes, ignore_index=ignore_index)
-  return choose_from_rows(search, np.concatenate(pooled))
+  return choose_from_rows(
+    search, np.concatenate(pooled), max_present_dice_drop=max_present_dice_drop
+  )
 
 
 def original_grid_spacing(prep, original_shape, spacing) -> tuple[float, ...]:

@@ -168,7 +168,10 @@ def predict(
   chosen = None
   if postprocess_masks:
     chosen = postprocess.for_ensemble(
-      [r.workdir for r in records], num_classes=len(run.class_names), ignore_index=None
+      [r.workdir for r in records],
+      num_classes=len(run.class_names),
+      ignore_index=None,
+      max_present_dice_drop=run.config.inference.get("postprocess_max_dice_drop"),
     )
     if chosen is not None and chosen.is_identity:
       chosen = None

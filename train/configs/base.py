@@ -151,6 +151,10 @@ def get_config() -> ml_collections.ConfigDict:
   # saved as workdir/postprocessing.json, reported on test before and after, and applied by
   # train.predict (--nopostprocess: not).
   config.inference.postprocess = True
+  # A rule qualifies only if it lowers the mean Dice over the validation images holding the
+  # class by at most this much; unset: nnU-Net's choice, which accepts any drop there for
+  # fewer false positives in the images without the class.
+  config.inference.postprocess_max_dice_drop = config_dict.placeholder(float)
 
   config.parallel = ml_collections.ConfigDict()
   # Split parameters and optimiser state over the devices (FSDP-style) instead of
