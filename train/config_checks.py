@@ -525,15 +525,12 @@ def check_memory(
   if not shape:
     return
   per_device = -(-config.train.batch_size // max(device_count, 1))
-  estimate = memory.step_memory(
-    patch=tuple(shape),
-    batch_size=per_device,
-    depth=config.model.depth,
-    features=config.model.features,
-    max_features=config.model.max_features,
+  estimate = memory.config_step_memory(
+    config,
     in_channels=in_channels,
     num_classes=num_classes,
-    pooling=config.model.get("pooling") or None,
+    devices=device_count,
+    shape=tuple(shape),
   )
   activations = estimate.activations // (2 if config.precision == "bfloat16" else 1)
   parameters = estimate.parameters // (device_count if config.parallel.shard_params else 1)

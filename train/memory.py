@@ -100,13 +100,19 @@ def step_memory(
 
 
 def config_step_memory(
-  config: ml_collections.ConfigDict, *, in_channels: int, num_classes: int, devices: int = 1
+  config: ml_collections.ConfigDict,
+  *,
+  in_channels: int,
+  num_classes: int,
+  devices: int = 1,
+  shape: Sequence[int] | None = None,
 ) -> StepMemory:
-  """:func:`step_memory` of a run config (its patch, or its image size), per device."""
-  patch = tuple(config.data.patch_size or config.data.image_size)
+  """:func:`step_memory` of a run config per device: its batch split over ``devices``
+  (rounded up), examples of ``shape`` (default: its patch, else its image size)."""
+  patch = tuple(shape or config.data.patch_size or config.data.image_size)
   return step_memory(
     patch=patch,
-    batch_size=max(1, config.train.batch_size // max(devices, 1)),
+    batch_size=max(1, -(-config.train.batch_size // max(devices, 1))),
     depth=config.model.depth,
     features=config.model.features,
     max_features=config.model.max_features,

@@ -15,21 +15,11 @@ evaluated on whole volumes through sliding windows.
     --config.model.spatial_dims=2 --config.data.patch_size="(256,256)"
 """
 
-from train.configs import base
+from train.configs import volumes3d
 
 
 def get_config():
-  config = base.get_config()
+  # The volumes config's 3-D U-Net, patches and schedule; dataset.json gives the classes.
+  config = volumes3d.get_config()
   config.data.name = "nnunet"
-  config.data.image_size = ()
-  config.data.patch_size = (96, 96, 96)
-  config.model.spatial_dims = 3
-  config.model.depth = 4
-  config.model.features = 32
-  config.model.max_features = 320
-  config.train.batch_size = 2
-  config.train.eval_batch_size = 2
-  config.train.steps = 5000
-  config.train.eval_every = 500
-  config.train.checkpoint_every = 500
   return config
