@@ -56,6 +56,7 @@ METRICS = (
   "dice",
   "iou",
   "hd95",
+  "nsd",
   "detection_rate",
   "absent_false_positive_rate",
   "proportion_mae",
@@ -67,6 +68,7 @@ BETTER = {
   "dice": max,
   "iou": max,
   "hd95": min,
+  "nsd": max,
   "detection_rate": max,
   "absent_false_positive_rate": min,
   "proportion_mae": min,
@@ -220,6 +222,7 @@ def aggregate(runs: list[dict]) -> dict:
     out[key], out[f"{key}_std"] = _mean_std([r["summary"].get(key) for r in runs])
   for key in ("steps_trained", "best_step"):
     out[key], out[f"{key}_std"] = _mean_std([r["training"][key] for r in runs])
+  out["distance_unit"] = runs[0]["summary"].get("distance_unit", "px")
   classes = runs[0]["summary"]["per_class"]
   out["per_class"] = {
     name: {
@@ -339,6 +342,11 @@ def _budget_sentence(report: dict, config: ml_collections.ConfigDict) -> str:
   )
 
 
+def _distance_unit(report: dict) -> str:
+  units = {row.get("distance_unit", "px") for row in report["losses"].values()}
+  return "mm" if units == {"mm"} else "pixels"
+
+
 def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
   base, losses = config.base, list(report["losses"])
   patience = base.train.get("patience", 0)
@@ -352,9 +360,10 @@ def _markdown(report: dict, config: ml_collections.ConfigDict) -> str:
     "",
     f"{config.seeds} seed(s) per loss, {budget}, batch "
     f"{base.train.batch_size}, U-Net depth {base.model.depth} / {base.model.features} "
-    "features. Test split; Dice, IoU and HD95 are means over the images that hold a "
-    "class (MONAI `ignore_empty`, nnU-Net), then over the foreground classes; mean ± "
-    "std over seeds; **bold** = best of the column (closest to 0 for the bias).",
+    "features. Test split, the masks as predicted (before any post-processing); Dice, IoU, "
+    "HD95 and NSD are means over the images that hold a class (MONAI `ignore_empty`, "
+    f"nnU-Net), then over the foreground classes; distances in {_distance_unit(report)}; "
+    "mean ± std over seeds; **bold** = best of the column (closest to 0 for the bias).",
     "",
   ]
   if report["tuning"]:
