@@ -36,8 +36,13 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
       ),
     ]
   )
+  # The policy decides what is kept; best_step() reads best_fn and best_mode, without which
+  # it answers the latest step (orbax 0.11).
   options = ocp.CheckpointManagerOptions(
-    preservation_policy=policy, enable_async_checkpointing=False
+    preservation_policy=policy,
+    best_fn=lambda m: m[BEST_METRIC],
+    best_mode="max",
+    enable_async_checkpointing=False,
   )
   return ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
