@@ -171,7 +171,7 @@ def test_predict_writes_every_readable_input_and_names_every_bad_one(folder_run,
     probs = np.load(out / f"{name}.npz")["probabilities"]
     assert probs.shape == shape + (3,)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(probs.argmax(-1), mask)
+    np.testing.assert_array_equal(mask, _expected_mask(workdir, probs))
   _run("train.evaluate", f"--workdir={workdir}", f"--out={tmp_path / 'evaluated'}")
   for name in ("test0", "test1"):
     np.testing.assert_array_equal(
@@ -284,7 +284,20 @@ def test_volumes_at_their_own_spacing_come_back_on_their_own_grid(tmp_path, cach
   assert bytes(mask.header["descrip"]).rstrip(b"\0") == b"a new scan"
   probs = np.load(tmp_path / "out" / "scan.npz")["probabilities"]
   assert probs.shape == (9, 17, 11, 2)  # (D, H, W) of the input's own grid
-  np.testing.assert_array_equal(probs.argmax(-1), np.asarray(mask.dataobj).T)
+  expected = _expected_mask(workdir, probs, spacing=(2.0, 0.9, 0.9))  # (D, H, W) in mm
+  np.testing.assert_array_equal(np.asarray(mask.dataobj).T, expected)
+
+
+def _expected_mask(workdir, probs, spacing=None):
+  """The mask ``train.predict`` writes for saved ``probs``: their argmax after the rules the
+  run chose on validation, if any (the probabilities are saved before post-processing)."""
+  classes = probs.argmax(-1)
+  chosen = postprocess.read(str(workdir))
+  if chosen is None:
+    return classes
+  prep = runs.read_run(str(workdir)).preprocessing
+  pixel = postprocess.original_grid_spacing(prep, classes.shape, spacing)
+  return chosen.apply(classes, spacing=pixel)
 
 
 def _run_dir(path):
