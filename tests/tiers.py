@@ -1,9 +1,13 @@
 """The fast tier: ``make test-fast`` runs the tests not marked ``slow``; ``make test`` runs all.
 
 A test is slow when it trains, runs a program as a subprocess or compiles many variants.
-The large parametrized families (the reference entries, every loss in every mode) keep one
+The large parametrized families (every loss in every mode, the soft-label references) keep one
 case in ``fast_every`` in the fast tier, spread over the family, so that it still touches
-every loss and mode family at small sizes while the full suite checks them all.
+every loss and mode family at small sizes while the full suite checks them all. The
+reference values keep every entry of a few cases instead (``FAST_CASES`` in
+``tests/losses/test_reference.py``): one compilation serves a whole case. ``make test-fast``
+also compiles with XLA's optimisations off (the Makefile says why); the tolerances hold
+either way.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ def test_make_loss_uses_the_fused_path_only_where_it_applies():
   assert fused.select(("ce", "dice"), [{}, {}]) is not None
 
 
+@tiers.SLOW
 def test_make_loss_without_the_fused_kernel_sums_the_plain_terms():
   logits, labels = make_inputs("multiclass", shape=(2, 9, 7, 5), seed=13)
   options = dict(ignore_index=IGNORE, temperature=4.0, weight=0.2)

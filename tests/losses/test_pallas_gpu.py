@@ -49,7 +49,7 @@ def _kernels(labels, where, **options):
 @pytest.mark.parametrize("term", TERMS)
 @tiers.parametrize(
   "shape, num_classes, temperature, use_where, tile_elements",
-  fast_every=2,
+  fast_every=4,
   cases=[
     ((2, 8, 8), 5, 4.0, True, 128),  # 4 tiles of 16 pixels per image
     ((2, 4, 8, 4), 19, 10.0, False, 4096),  # 3-D, classes padded from 19 to 32

@@ -113,8 +113,10 @@ def test_perfect_prediction_minimises_the_loss(name, mode):
       assert abs(float(value)) < 1e-4, term_name
 
 
-@pytest.mark.parametrize(
-  "name", ["dice", "tversky", "generalized_dice", "ce+l1", "ce+kl", "ce+db", "focal+kl"]
+@tiers.parametrize(
+  "name",
+  ["dice", "tversky", "generalized_dice", "ce+l1", "ce+kl", "ce+db", "focal+kl"],
+  fast_every=2,
 )
 def test_vmap_over_images_equals_the_loop(name):
   fn = losses.make_loss(name, mode="multiclass", ignore_index=IGNORE)
@@ -128,7 +130,7 @@ def test_vmap_over_images_equals_the_loop(name):
   np.testing.assert_allclose(mapped, looped, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize(
+@tiers.parametrize(
   "name, options",
   [
     ("dice", {"batch": False}),
@@ -136,6 +138,7 @@ def test_vmap_over_images_equals_the_loop(name):
     ("generalized_dice", {"batch": False}),
     ("tversky", {"batch": False}),
   ],
+  fast_every=2,
 )
 def test_per_image_losses_average_over_images(name, options):
   fn = losses.make_loss(name, mode="multiclass", **options)

@@ -18,8 +18,17 @@ PER_IMAGE_AVERAGED = ["ce", "focal", "dice", "tversky", "generalized_dice"] + [
 ]
 
 
-@pytest.mark.parametrize("mode", losses.MODES)
-@tiers.parametrize("shape", [(3, 6, 5), (3, 3, 4, 5)], ids=["2d", "3d"], fast_every=2)
+MODE_SHAPES = [
+  (mode, shape) for mode in losses.MODES for shape in [(3, 6, 5), (3, 3, 4, 5)]
+]  # 2-D, 3-D
+
+
+@tiers.SLOW
+@pytest.mark.parametrize(
+  "mode, shape",
+  MODE_SHAPES,
+  ids=[f"{len(shape) - 1}d-{mode}" for mode, shape in MODE_SHAPES],
+)
 def test_mean_of_per_image_values_is_the_mean(mode, shape):
   logits, labels = make_inputs(mode, shape=shape, seed=50, ignore_fraction=0.0)
   for name in PER_IMAGE_AVERAGED:

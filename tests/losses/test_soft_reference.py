@@ -52,7 +52,7 @@ def _case_outputs(case_index):
   "entry",
   ENTRIES,
   ids=[f"{_CASES[i]['case']}-{_CASES[i]['results'][j]['reference']}" for i, j in ENTRIES],
-  fast_every=10,
+  fast_every=30,
 )
 def test_value_and_gradient_match_monai_soft_label(entry):
   case_index, result_index = entry

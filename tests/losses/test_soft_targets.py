@@ -54,8 +54,17 @@ def _all_losses(mode, fused_kernel=True):
   return run
 
 
-@pytest.mark.parametrize("mode", losses.MODES)
-@tiers.parametrize("shape", [(2, 6, 5), (2, 3, 4, 5)], ids=["2d", "3d"], fast_every=2)
+MODE_SHAPES = [
+  (mode, shape) for mode in losses.MODES for shape in [(2, 6, 5), (2, 3, 4, 5)]
+]  # 2-D, 3-D
+
+
+@tiers.parametrize(
+  "mode, shape",
+  MODE_SHAPES,
+  ids=[f"{len(shape) - 1}d-{mode}" for mode, shape in MODE_SHAPES],
+  fast_every=6,
+)
 def test_one_hot_soft_targets_equal_integer_labels(mode, shape):
   logits, labels = make_inputs(mode, shape=shape, seed=40)
   targets, where = _one_hot(labels, mode)
@@ -68,7 +77,7 @@ def test_one_hot_soft_targets_equal_integer_labels(mode, shape):
     assert float(jnp.max(jnp.abs(g2[~where]))) == 0.0, name
 
 
-@pytest.mark.parametrize("mode", losses.MODES)
+@tiers.parametrize("mode", ["binary", "multiclass", "multilabel"], fast_every=3)
 def test_soft_targets_give_finite_values_and_no_gradient_where_masked(mode):
   logits, labels = make_inputs(mode, seed=41)
   targets = _soft(logits, mode, seed=41)
@@ -81,7 +90,7 @@ def test_soft_targets_give_finite_values_and_no_gradient_where_masked(mode):
     assert float(jnp.max(jnp.abs(grad[where]))) > 0.0, name
 
 
-@pytest.mark.parametrize("term", ["l1", "kl", "db"])
+@tiers.parametrize("term", ["l1", "kl", "db"], fast_every=3)
 def test_fused_kernel_with_soft_targets_equals_the_plain_terms(term):
   logits, labels = make_inputs("multiclass", shape=(2, 7, 5), seed=42)
   targets = _soft(logits, "multiclass", seed=42)

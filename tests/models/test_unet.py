@@ -103,7 +103,7 @@ def test_transposed_conv2_matches_lax_conv_transpose_and_its_gradients(spatial, 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+@tiers.parametrize("dtype", [None, jnp.bfloat16], fast_every=2)
 def test_transpose_upsample_equals_its_conv_transpose_module(dtype):
   # The parameters are nnx.ConvTranspose's, so checkpoints of either form load into the other.
   up = Upsample(6, 4, spatial_dims=2, dtype=dtype, rngs=fast_rngs())
@@ -274,6 +274,7 @@ def test_bfloat16_compute_gives_float32_logits_close_to_float32():
 # Training
 
 
+@tiers.SLOW
 def test_tiny_overfit_one_batch():
   rows, cols = np.mgrid[:16, :16]
   disk = (rows - 7.5) ** 2 + (cols - 5.5) ** 2 < 16
@@ -325,9 +326,9 @@ def test_unet_with_anisotropic_pooling_keeps_the_coarse_axis_until_the_last_leve
     pooling=((1, 2, 2), (1, 2, 2)),
     rngs=fast_rngs(),
   )
-  assert model(jnp.zeros((1, 3, 8, 12, 1))).shape == (1, 3, 8, 12, 2)
+  assert output_shapes(model, (1, 3, 8, 12, 1)) == ((1, 3, 8, 12, 2), jnp.float32)
   with pytest.raises(ValueError, match=r"divisible by \(1, 4, 4\)"):
-    model(jnp.zeros((1, 3, 8, 10, 1)))
+    output_shapes(model, (1, 3, 8, 10, 1))
   # Deep supervision heads shrink by the same factors.
   supervised = UNet(
     in_channels=1,
@@ -339,7 +340,7 @@ def test_unet_with_anisotropic_pooling_keeps_the_coarse_axis_until_the_last_leve
     deep_supervision=True,
     rngs=fast_rngs(),
   )
-  shapes = [o.shape for o in supervised(jnp.zeros((1, 4, 8, 8, 1)))]
+  shapes = [shape for shape, _ in output_shapes(supervised, (1, 4, 8, 8, 1))]
   assert shapes == [(1, 4, 8, 8, 2), (1, 4, 4, 4, 2)]
 
 

@@ -222,13 +222,14 @@ def test_folder_counts_names_and_value_map_are_checked():
   config_checks.check_config(config)
 
 
-@pytest.mark.parametrize(
-  ("arg", "names"),
+@tiers.parametrize(
+  "arg, names",
   [
     ("--config.train.steps=abc", ["--config.train.steps=abc", "invalid literal for int()"]),
     ("--config.optimizer.learning_rate=nan", ["config.optimizer.learning_rate", "nan"]),
     ("--config.data.image_size=32", ["config.data.image_size=(", "the 2-D model needs one size"]),
   ],
+  fast_every=3,
 )
 def test_the_program_stops_in_one_line_before_any_work(tmp_path, cache_dir, arg, names):
   workdir = tmp_path / "run"

@@ -65,6 +65,7 @@ print(jax.device_count())
 """
 
 
+@tiers.SLOW
 def test_split_cpu_sets_the_device_count_unless_xla_flags_already_do():
   def devices(env):
     done = subprocess.run(

@@ -34,6 +34,7 @@ def test_bad_config_value_is_a_usage_error_and_verbose_shows_the_traceback(tmp_p
   assert "Traceback" in verbose.stderr and "ConfigError" in verbose.stderr
 
 
+@tiers.SLOW
 def test_unknown_field_with_verbose_shows_the_traceback(tmp_path, cache_dir):
   result = run_program(
     tmp_path / "run", cache_dir, "--config.train.bach_size=3", "--verbose", check=False
