@@ -21,7 +21,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from regionloss_jax.data import pairing, patches, preprocess
+from regionloss_jax.data import arrays, pairing, patches, preprocess
 from regionloss_jax.data.files import (
   GREY_MODES,
   HIGH_DEPTH_MODES,
@@ -295,7 +295,9 @@ def load_folder(
     make_builder=make_builder,
   )
   return SegmentationData(
-    source=builder.as_data_source(pairing.split_name(split)),
+    source=arrays.split_source(
+      builder, pairing.split_name(split), memory_mapped=image_size is None
+    ),
     class_names=class_names,
     spatial_shape=image_size,
     mean=prep.mean,

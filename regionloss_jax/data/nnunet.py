@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from regionloss_jax.data import cache, folder, pairing, preprocess, volumes
+from regionloss_jax.data import arrays, cache, folder, pairing, preprocess, volumes
 from regionloss_jax.data.files import Volume, read_image, read_mask, read_volume
 from regionloss_jax.data.source import IGNORE_INDEX, DataError, SegmentationData
 
@@ -715,7 +715,7 @@ def load_nnunet(
     make_builder=make_builder,
   )
   return SegmentationData(
-    source=builder.as_data_source(pairing.split_name(split)),
+    source=arrays.split_source(builder, pairing.split_name(split), memory_mapped=size is None),
     class_names=meta.class_names,
     spatial_shape=size,
     mean=prep.mean,

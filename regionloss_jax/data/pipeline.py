@@ -47,20 +47,60 @@ def process_shard() -> tuple[int, int]:
   return jax.process_index(), jax.process_count()
 
 
-def _decoded(example: dict, data: SegmentationData, relabel: bool):
-  """The example's image (stored dtype) and mask as class ids, on the image's grid."""
-  image = np.asarray(example["image"])
-  raw_mask = np.asarray(example["segmentation_mask"])
-  if raw_mask.ndim == image.ndim:
-    raw_mask = raw_mask[..., 0]
-  if raw_mask.shape != image.shape[:-1]:
+def _stored(example: dict):
+  """The example's image and raw mask as stored, the mask without its channel axis and on
+  the image's grid. Memory-mapped arrays (:class:`regionloss_jax.data.arrays.ArraySource`)
+  stay unread until sliced, unless the mask must first be resampled."""
+  image, mask = example["image"], example["segmentation_mask"]
+  image = image if isinstance(image, np.ndarray) else np.asarray(image)
+  mask = mask if isinstance(mask, np.ndarray) else np.asarray(mask)
+  if mask.ndim == image.ndim:
+    mask = mask[..., 0]
+  if mask.shape != image.shape[:-1]:
     # Some sources (mocked ones among them) give image and mask different sizes; bring the
     # mask onto the image grid by nearest neighbour before anything else.
-    zoom = [o / i for o, i in zip(image.shape[:-1], raw_mask.shape, strict=True)]
+    zoom = [o / i for o, i in zip(image.shape[:-1], mask.shape, strict=True)]
     from scipy import ndimage
 
-    raw_mask = ndimage.zoom(raw_mask, zoom, order=0, grid_mode=True, mode="nearest")
-  return image, (data.label_lut[raw_mask] if relabel else raw_mask)
+    mask = ndimage.zoom(np.asarray(mask), zoom, order=0, grid_mode=True, mode="nearest")
+  return image, mask
+
+
+def _patch(
+  image,
+  mask,
+  rng,
+  *,
+  coords,
+  classes,
+  lut,
+  patch_size,
+  augment,
+  mean,
+  std,
+  foreground_fraction,
+  ignore_index,
+  scale,
+) -> dict:
+  """A random patch of ``image`` / ``mask`` at their resolution; only the patch's bounding
+  box is read. ``lut`` (or ``None``) turns the patch's raw mask values into class ids."""
+  centre = patches.patch_centre(
+    rng,
+    mask.shape,
+    patch_size,
+    coords=coords,
+    classes=classes,
+    foreground_fraction=foreground_fraction,
+  )
+  matrix, offset = sample_patch_affine(rng, centre, patch_size, augment)
+  image, mask, inside = warp_patch(
+    image, mask, matrix, offset, patch_size, ignore_index=ignore_index
+  )
+  if lut is not None:
+    mask = np.where(inside, lut[mask], ignore_index)
+  image = (jitter(image / scale, rng, augment) - mean) / std
+  image[~inside] = 0.0
+  return {"image": image.astype(np.float32), "label": mask.astype(np.int32)}
 
 
 def preprocess_example(
@@ -84,16 +124,36 @@ def preprocess_example(
   :func:`regionloss_jax.data.patches.patch_centre`; patch pixels outside the image have
   label ``data.ignore_index`` and image value 0 (what sliding-window inference pads with).
   """
-  image, mask = _decoded(example, data, relabel)
+  image, raw_mask = _stored(example)
   scale = value_scale(image.dtype)
   working = tuple(spatial_shape) if spatial_shape else image.shape[:-1]
   resized = image.shape[:-1] != working
-  if rng is None or patch_size is not None:
-    if resized:
-      matrix, offset = sample_affine(
-        np.random.default_rng(0), image.shape[:-1], working, Augment.none()
-      )
-      image, mask = warp(image, mask, matrix, offset, working, ignore_index=data.ignore_index)
+  lut = data.label_lut if relabel else None
+  patch_options = dict(
+    patch_size=patch_size,
+    augment=augment,
+    mean=mean,
+    std=std,
+    foreground_fraction=foreground_fraction,
+    ignore_index=data.ignore_index,
+    scale=scale,
+  )
+  if rng is not None and patch_size is not None and not resized:
+    if "locations" in example:  # stored by preparation: the mask need not be read whole
+      coords = np.asarray(example["locations"])
+      classes = np.asarray(example["location_classes"])
+    else:
+      labels = lut[raw_mask] if lut is not None else np.asarray(raw_mask)
+      coords, classes = patches.class_locations(labels, data.num_classes)
+    return _patch(image, raw_mask, rng, coords=coords, classes=classes, lut=lut, **patch_options)
+
+  image = np.asarray(image)
+  mask = lut[raw_mask] if lut is not None else np.asarray(raw_mask)
+  if resized and (rng is None or patch_size is not None):
+    matrix, offset = sample_affine(
+      np.random.default_rng(0), image.shape[:-1], working, Augment.none()
+    )
+    image, mask = warp(image, mask, matrix, offset, working, ignore_index=data.ignore_index)
   if rng is None:
     image = image.astype(np.float32) / scale
     return {"image": ((image - mean) / std).astype(np.float32), "label": mask.astype(np.int32)}
@@ -102,26 +162,8 @@ def preprocess_example(
     image, mask = warp(image, mask, matrix, offset, working, ignore_index=data.ignore_index)
     image = jitter(image / scale, rng, augment)
     return {"image": ((image - mean) / std).astype(np.float32), "label": mask.astype(np.int32)}
-  if "locations" in example and not resized:  # stored by preparation, on this grid
-    coords = np.asarray(example["locations"])
-    classes = np.asarray(example["location_classes"])
-  else:
-    coords, classes = patches.class_locations(mask, data.num_classes)
-  centre = patches.patch_centre(
-    rng,
-    mask.shape,
-    patch_size,
-    coords=coords,
-    classes=classes,
-    foreground_fraction=foreground_fraction,
-  )
-  matrix, offset = sample_patch_affine(rng, centre, patch_size, augment)
-  image, mask, inside = warp_patch(
-    image, mask, matrix, offset, patch_size, ignore_index=data.ignore_index
-  )
-  image = (jitter(image / scale, rng, augment) - mean) / std
-  image[~inside] = 0.0
-  return {"image": image.astype(np.float32), "label": mask.astype(np.int32)}
+  coords, classes = patches.class_locations(mask, data.num_classes)  # on the resized grid
+  return _patch(image, mask, rng, coords=coords, classes=classes, lut=None, **patch_options)
 
 
 def _identity_lut(data: SegmentationData) -> bool:

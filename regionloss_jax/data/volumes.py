@@ -25,7 +25,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from regionloss_jax.data import pairing, patches, preprocess
+from regionloss_jax.data import arrays, pairing, patches, preprocess
 from regionloss_jax.data.files import read_volume, volume_stem
 from regionloss_jax.data.source import DataError, SegmentationData
 
@@ -292,7 +292,7 @@ def load_volumes(
     make_builder=make_builder,
   )
   return SegmentationData(
-    source=builder.as_data_source(pairing.split_name(split)),
+    source=arrays.split_source(builder, pairing.split_name(split), memory_mapped=shape is None),
     class_names=class_names,
     spatial_shape=shape,
     mean=prep.mean,
