@@ -116,7 +116,7 @@ def split_source(builder, split: str, *, memory_mapped: bool):
   (exported on first use) when ``memory_mapped`` and ``split`` is a whole split, else the
   TFDS data source (resized datasets read every pixel of an example anyway)."""
   tfds_source = builder.as_data_source(split)
-  if not memory_mapped or split not in builder.info.splits or "[" in split:
+  if not memory_mapped or split not in builder.info.splits:  # a slice is no split name
     return tfds_source
   directory = pathlib.Path(builder.data_dir) / ARRAYS_DIR / split
   return ArraySource(export(tfds_source, directory))

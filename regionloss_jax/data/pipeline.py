@@ -51,9 +51,8 @@ def _stored(example: dict):
   """The example's image and raw mask as stored, the mask without its channel axis and on
   the image's grid. Memory-mapped arrays (:class:`regionloss_jax.data.arrays.ArraySource`)
   stay unread until sliced, unless the mask must first be resampled."""
-  image, mask = example["image"], example["segmentation_mask"]
-  image = image if isinstance(image, np.ndarray) else np.asarray(image)
-  mask = mask if isinstance(mask, np.ndarray) else np.asarray(mask)
+  image = np.asanyarray(example["image"])  # a memmap stays one: nothing is read here
+  mask = np.asanyarray(example["segmentation_mask"])
   if mask.ndim == image.ndim:
     mask = mask[..., 0]
   if mask.shape != image.shape[:-1]:
